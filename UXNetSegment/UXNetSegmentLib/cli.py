@@ -1,0 +1,118 @@
+"""``uxnet-segment``: the command-line face of the engine (also what the Slicer module runs).
+
+Every failure prints one line ``error: ...`` on stderr and exits non-zero; ``--debug`` adds the traceback.
+"""
+import argparse
+import sys
+import traceback
+from typing import List, Optional
+
+from .errors import Cancelled, UXNetError
+
+
+def _add_segment(sub) -> None:
+    p = sub.add_parser("segment", help="segment a volume (NRRD, NIfTI, MHA, DICOM folder)")
+    p.add_argument("input", help="input volume file or DICOM folder")
+    p.add_argument("-o", "--output", required=True,
+                   help="output .seg.nrrd (Slicer segmentation) or labelmap .nii.gz/.nii/.nrrd/.mha")
+    p.add_argument("--model", help="catalogue model name (default: the first with weights present)")
+    p.add_argument("--weights", help="local checkpoint (.pth state_dict) instead of the catalogue file")
+    p.add_argument("--spec", help="model spec JSON for a custom checkpoint")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1) (default: the model's)")
+    p.add_argument("--fast", action="store_true", help="reduced precision (bf16/fp16): faster, not bit-exact")
+    p.add_argument("--uncertainty", metavar="FILE", help="also write a per-voxel uncertainty volume")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation with flips")
+    p.add_argument("--snapshot", metavar="FILE.png", help="also render an overlay montage PNG")
+    p.add_argument("--progress", default="bar", choices=["bar", "json", "none"])
+    p.set_defaults(func=_run_segment)
+
+
+def _run_segment(args) -> None:
+    from . import api
+    api.segment_file(args.input, args.output, model=args.model, weights=args.weights, spec=args.spec,
+                     device=args.device, overlap=args.overlap, fast=args.fast,
+                     uncertainty_path=args.uncertainty, tta=args.tta, snapshot_path=args.snapshot,
+                     progress=_progress(args.progress))
+
+
+def _progress(kind: str):
+    from .progress import json_lines_printer, tqdm_printer
+    return {"bar": tqdm_printer, "json": json_lines_printer, "none": lambda: None}[kind]()
+
+
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="list catalogue models and whether their weights are present")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_run_models)
+
+
+def _run_models(args) -> None:
+    import json
+    from .catalogue import list_models
+    rows = []
+    for m in list_models():
+        path = m.weights_path()
+        rows.append({"name": m.name, "modality": m.modality, "classes": len(m.labels), "title": m.title,
+                     "weights": str(path) if path else None, "bundled": m.bundled})
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return
+    print(f"{'name':<12} {'modality':<8} {'labels':>6}  {'weights':<10} title")
+    for r in rows:
+        state = "bundled" if r["bundled"] else ("present" if r["weights"] else "missing")
+        print(f"{r['name']:<12} {r['modality']:<8} {r['classes']:>6}  {state:<10} {r['title']}")
+
+
+def _add_download(sub) -> None:
+    p = sub.add_parser("download", help="download a catalogue model's weights into the cache")
+    p.add_argument("name")
+    p.add_argument("--progress", default="bar", choices=["bar", "json", "none"])
+    p.set_defaults(func=_run_download)
+
+
+def _run_download(args) -> None:
+    from .catalogue import get_model
+    from .download import fetch_weights
+    path = fetch_weights(get_model(args.name), progress=_progress(args.progress))
+    print(path)
+
+
+# Each entry adds one sub-command. Keep one function per command.
+COMMANDS = [_add_segment, _add_models, _add_download]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="uxnet-segment", description="3D UX-Net segmentation engine")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+        return 0
+    except Cancelled as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 130
+    except UXNetError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - last-resort one-liner, traceback with --debug
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: unexpected {type(exc).__name__}: {exc} (rerun with --debug and report it)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
