@@ -140,6 +140,15 @@ def test_minimal_custom_spec_gets_codes_from_terms(tmp_path):
     ({"name": "x", "labels": {"one": "liver"}, "intensity_window": [0, 1]}, "label keys must be integers"),
     ({"name": "x", "labels": {"1": {"color": [1, 2, 3]}}, "intensity_window": [0, 1]}, "label 1 has no name"),
     ({"name": "x", "labels": {"1": "liver"}, "spacing": [1, 1, 1]}, "needs 'intensity_window'"),
+    ({"name": "x", "labels": ["liver"], "intensity_window": [0, 1]}, "'labels' must be an object"),
+    ({"name": "x", "labels": {}, "intensity_window": [0, 1]}, "'labels' must be an object"),
+    ({"name": "x", "labels": {"1": 7}, "intensity_window": [0, 1]}, "label 1 must be a name"),
+    ({"name": "x", "labels": {"1": "liver"}, "intensity_window": [0, 1], "spacing": [1, 1]}, "'spacing' must be 3"),
+    ({"name": "x", "labels": {"1": "liver"}, "intensity_window": [0, 1], "spacing": [1, 0, 1]}, "positive"),
+    ({"name": "x", "labels": {"1": "liver"}, "intensity_window": [275, -125]}, "low before high"),
+    ({"name": "x", "labels": {"1": "liver"}, "intensity_window": "wide"}, "'intensity_window' must be 2"),
+    ({"name": "x", "labels": {"1": "liver"}, "intensity_window": [0, 1], "roi_size": [96, 96]}, "'roi_size'"),
+    ({"name": "x", "labels": {"1": "liver"}, "intensity_window": [0, 1], "overlap": 1.0}, r"'overlap' .*\[0, 1\)"),
 ])
 def test_bad_specs_are_refused(data, message):
     with pytest.raises(UXNetError, match=message) as err:

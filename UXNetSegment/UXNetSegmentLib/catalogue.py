@@ -99,6 +99,9 @@ def _terms_table() -> dict:
 
 
 def _parse_label(value: int, raw, terms: dict) -> Label:
+    if not isinstance(raw, (str, dict)):
+        raise UXNetError(f"label {value} must be a name or an object with 'name'; "
+                         f"write it as \"{value}\": \"organ name\"")
     entry = {"name": raw} if isinstance(raw, str) else dict(raw)
     if "name" not in entry:
         raise UXNetError(f"label {value} has no name; write it as \"{value}\": \"organ name\"")
@@ -110,11 +113,36 @@ def _parse_label(value: int, raw, terms: dict) -> Label:
                  type=_triplet(term.get("type")), modifier=_triplet(term.get("modifier")))
 
 
+def _numbers(data: dict, key: str, count: int, where: str, positive: bool = False, rising: bool = False):
+    """``data[key]`` as a tuple of ``count`` floats (None when absent/null); a one-line UXNetError otherwise."""
+    value = data.get(key)
+    if value is None:
+        return None
+    try:
+        numbers = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        numbers = ()
+    if (len(numbers) != count or (positive and min(numbers) <= 0)
+            or (rising and numbers[0] >= numbers[1])):
+        kind = "positive numbers" if positive else ("numbers, low before high" if rising else "numbers")
+        raise UXNetError(f"model spec{where}: '{key}' must be {count} {kind}, not {value!r}; fix the JSON file")
+    return numbers
+
+
 def spec_from_dict(data: dict, source: Optional[Path] = None) -> ModelSpec:
     where = f" in {source}" if source else ""
     for key in ("name", "labels"):
         if key not in data:
             raise UXNetError(f"model spec{where} has no '{key}'; see README 'Custom models' for the fields")
+    if not isinstance(data["labels"], dict) or not data["labels"]:
+        raise UXNetError(f"model spec{where}: 'labels' must be an object like {{\"1\": \"liver\"}}")
+    _numbers(data, "spacing", 3, where, positive=True)
+    _numbers(data, "roi_size", 3, where, positive=True)
+    _numbers(data, "intensity_window", 2, where, rising=True)
+    _numbers(data, "intensity_percentiles", 2, where, rising=True)
+    overlap = data.get("overlap", 0.5)
+    if not isinstance(overlap, (int, float)) or not 0 <= overlap < 1:
+        raise UXNetError(f"model spec{where}: 'overlap' must be a number in [0, 1), not {overlap!r}")
     terms = _terms_table()
     try:
         labels = {int(k): _parse_label(int(k), v, terms) for k, v in data["labels"].items()}
