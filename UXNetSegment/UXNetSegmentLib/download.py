@@ -28,6 +28,7 @@ CHUNK_BYTES = 256 * 1024
 TIMEOUT_S = 30.0
 MAX_PAGES = 4  # confirmation pages followed before giving up
 MAX_PAGE_BYTES = 2 * 1024 * 1024
+PROGRESS_STEPS = 200  # progress reports per file, at most
 USER_AGENT = "uxnet-segment (python urllib)"
 FIX = "download the file in a browser and pass --weights FILE"
 
@@ -151,7 +152,7 @@ def _stream(response: http.client.HTTPResponse, part: Path, url: str,
         offset, total = 0, None
     if total is None and response.headers.get("Content-Length", "").isdigit():
         total = offset + int(response.headers["Content-Length"])
-    done = offset
+    done, shown = offset, -1
     try:
         with open(part, "ab" if offset else "wb") as out:
             while True:
@@ -164,10 +165,11 @@ def _stream(response: http.client.HTTPResponse, part: Path, url: str,
                     break
                 out.write(block)
                 done += len(block)
-                if total:
-                    report(progress, "download", min(done / total, 1.0), f"{_mb(done)}/{_mb(total)} MB")
-                else:
-                    report(progress, "download", 0.0, f"{_mb(done)} MB")
+                step = int(done * PROGRESS_STEPS / total) if total else done // (4 * 1024 * 1024)
+                if step != shown:  # at most PROGRESS_STEPS reports per file (every 4 MB when size unknown)
+                    shown = step
+                    detail = f"{_mb(done)}/{_mb(total)} MB" if total else f"{_mb(done)} MB"
+                    report(progress, "download", min(done / total, 1.0) if total else 0.0, detail)
     except OSError as exc:
         raise UXNetError(f"could not write {part} ({exc.strerror or exc}); free disk space or set "
                          f"UXNET_CACHE to another folder") from None
