@@ -1,0 +1,457 @@
+"""Volume node -> engine child process -> segmentation node, without freezing Slicer.
+
+Importable with slicer-core alone (no ``qt``, ``ctk`` or ``slicer.app``), so it is tested headless.
+
+The run is a small state machine, driven by :meth:`EngineTask.poll` on the caller's thread::
+
+    running --(exit 0)--> importing --> done
+       |   \\--(exit != 0)--> failed   (message: the engine's own ``error:`` line)
+       \\--(cancel())------> cancelled (process tree killed, scene untouched)
+
+Nothing is added to the scene until the engine has succeeded; then the new segmentation node is
+built outside the scene and added in one go (or, when the user chose an existing output node, that
+node's segments are replaced in one go).
+"""
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import slicer
+
+from UXNetSegmentLib.catalogue import Label, ModelSpec, get_model, load_spec, resources_dir
+from UXNetSegmentLib.errors import Cancelled, UXNetError
+from UXNetSegmentLib.imageio import terminology as engineTerminology
+
+from .Parameters import SegmentationParameters
+from .ProcessRunner import LogLine, ProcessRunner, ProgressEvent
+
+MODULE_DIR = Path(__file__).resolve().parent.parent
+"""The folder holding ``UXNetSegmentLib``: put on the child's ``PYTHONPATH``."""
+
+CHILD_ENVIRONMENT = {
+    "MALLOC_MMAP_MAX_": "0",  # glibc: keep big tensors on the heap (about 2x faster on CPU)
+    "MALLOC_TRIM_THRESHOLD_": "2147483647",
+    "PYTHONUNBUFFERED": "1",  # progress lines arrive as they are printed
+}
+
+ProgressCallback = Callable[[str, float, str], None]
+LogCallback = Callable[[str], None]
+
+
+class State:
+    RUNNING = "running"
+    IMPORTING = "importing"
+    DONE = "done"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+    FINISHED = (DONE, CANCELLED, FAILED)
+
+
+@dataclass
+class SegmentationResult:
+    segmentationNode: object
+    uncertaintyVolumeNode: Optional[object] = None
+    elapsedSeconds: float = 0.0
+    log: List[str] = field(default_factory=list)
+
+
+def defaultPythonExecutable() -> str:
+    """Slicer's ``PythonSlicer`` inside the application; this interpreter everywhere else."""
+    if not hasattr(slicer, "app"):
+        return sys.executable
+    found = shutil.which("PythonSlicer")
+    if found:
+        return found
+    beside = Path(sys.executable).with_name("PythonSlicer" + (".exe" if os.name == "nt" else ""))
+    return str(beside) if beside.is_file() else sys.executable
+
+
+def terminologyEntry(label: Label) -> str:
+    """Slicer's serialized terminology string for ``label``: the same codes the engine writes to ``.seg.nrrd``.
+
+    Each code is a ``[scheme, value, meaning]`` triple (SNOMED CT from the catalogue, or the engine's
+    private ``99UXNET`` code for a label without one).
+    """
+    term = engineTerminology(label)
+    category, kind = term["category"], term["type"]
+    modifier = term.get("typeModifier") or ("", "", "")
+    return slicer.vtkSlicerTerminologiesModuleLogic.SerializeTerminologyEntry(
+        term["contextName"],
+        category[1], category[0], category[2],
+        kind[1], kind[0], kind[2],
+        modifier[1], modifier[0], modifier[2],
+        term.get("anatomicContextName", ""), "", "", "", "", "", "")
+
+
+def _setTerminology(segment, entry: str) -> None:
+    if hasattr(segment, "SetTerminology"):
+        segment.SetTerminology(entry)
+    else:  # Slicer < 5.8
+        segment.SetTag(segment.GetTerminologyEntryTagName(), entry)
+
+
+class EngineTask:
+    """One engine command run in a child process; call :meth:`poll` (e.g. from a QTimer) until ``finished``.
+
+    ``onSuccess`` runs on the polling thread after the command exits with 0; its return value becomes
+    :attr:`result`. A :class:`UXNetError` (or any exception) it raises turns the task into ``failed``.
+    """
+
+    def __init__(self, runner: ProcessRunner, workDir: Optional[Path] = None,
+                 onSuccess: Optional[Callable[[], object]] = None,
+                 progressCallback: Optional[ProgressCallback] = None, logCallback: Optional[LogCallback] = None):
+        self.runner = runner
+        self.workDir = workDir
+        self.onSuccess = onSuccess
+        self.progressCallback = progressCallback
+        self.logCallback = logCallback
+        self.state = State.RUNNING
+        self.errorMessage = ""
+        self.result = None
+        self.log: List[str] = []
+        self.stdout: List[str] = []
+        self.lastProgress: Optional[ProgressEvent] = None
+        self.started = time.monotonic()
+
+    @property
+    def finished(self) -> bool:
+        return self.state in State.FINISHED
+
+    def emitLog(self, text: str) -> None:
+        self.log.append(text)
+        if self.logCallback is not None:
+            self.logCallback(text)
+
+    def emitProgress(self, stage: str, fraction: float, detail: str = "") -> None:
+        self.lastProgress = ProgressEvent(stage, fraction, detail)
+        if self.progressCallback is not None:
+            self.progressCallback(stage, fraction, detail)
+
+    def poll(self) -> str:
+        """Forward new output to the callbacks; run ``onSuccess`` once the command has succeeded.
+
+        Returns the state. Never blocks, except while ``onSuccess`` runs (on this thread).
+        """
+        if self.state != State.RUNNING:
+            return self.state
+        for event in self.runner.poll():
+            if isinstance(event, ProgressEvent):
+                self.emitProgress(event.stage, event.fraction, event.detail)
+            elif isinstance(event, LogLine) and event.text.strip():
+                if event.stream == "stdout":
+                    self.stdout.append(event.text)
+                self.emitLog(event.text)
+        if not self.runner.finished:
+            return self.state
+        if self.runner.returncode != 0:
+            self.finish(State.FAILED, self.runner.failureMessage())
+            return self.state
+        if self.onSuccess is not None:
+            self.state = State.IMPORTING
+            try:
+                self.result = self.onSuccess()
+            except UXNetError as exc:
+                self.finish(State.FAILED, str(exc))
+                return self.state
+            except Exception as exc:  # noqa: BLE001 - shown to the user as one line, never "see the log"
+                self.finish(State.FAILED, f"loading the result failed ({type(exc).__name__}: {exc}); "
+                                          f"the scene was left unchanged")
+                return self.state
+        self.finish(State.DONE, "")
+        return self.state
+
+    def cancel(self) -> None:
+        """Kill the command's whole process tree."""
+        if self.state != State.RUNNING:
+            return
+        self.runner.kill()
+        self.finish(State.CANCELLED, "cancelled by the user; nothing was added to the scene")
+
+    def finish(self, state: str, message: str) -> None:
+        self.state = state
+        self.errorMessage = message
+        if message:
+            self.emitLog(("Error: " if state == State.FAILED else "") + message)
+        if self.workDir is not None:
+            shutil.rmtree(self.workDir, ignore_errors=True)
+
+    def wait(self, timeout: Optional[float] = None, pollInterval: float = 0.05):
+        """Poll until finished (for scripts and tests); returns :attr:`result` or raises the failure."""
+        deadline = time.monotonic() + timeout if timeout else None
+        while self.poll() == State.RUNNING:
+            if deadline is not None and time.monotonic() > deadline:
+                self.cancel()
+                raise UXNetError(f"the engine did not finish within {timeout:.0f} s and was stopped; "
+                                 f"use a smaller volume, the fast mode or a GPU")
+            time.sleep(pollInterval)
+        if self.state == State.CANCELLED:
+            raise Cancelled(self.errorMessage)
+        if self.state == State.FAILED:
+            raise UXNetError(self.errorMessage)
+        return self.result
+
+
+class SegmentationLogic:
+    """Runs the engine for a volume node and turns its ``.seg.nrrd`` into a segmentation node.
+
+    ``scene`` defaults to ``slicer.mrmlScene``; ``pythonExecutable`` to PythonSlicer (inside Slicer) or
+    this interpreter; ``extraEnvironment`` is added to the child's environment only.
+    """
+
+    def __init__(self, scene=None, pythonExecutable: Optional[str] = None,
+                 extraEnvironment: Optional[Dict[str, str]] = None, moduleDir: Optional[Path] = None):
+        self._scene = scene
+        self.pythonExecutable = pythonExecutable
+        self.extraEnvironment = dict(extraEnvironment or {})
+        self.moduleDir = Path(moduleDir) if moduleDir else MODULE_DIR
+
+    # -- setup -------------------------------------------------------------------------------------------
+    @property
+    def scene(self):
+        return self._scene if self._scene is not None else slicer.mrmlScene
+
+    def childEnvironment(self) -> Dict[str, str]:
+        """A copy of this process's environment plus the engine's settings (``os.environ`` is not touched)."""
+        env = dict(os.environ)
+        env.update(CHILD_ENVIRONMENT)
+        env.update(self.extraEnvironment)
+        existing = env.get("PYTHONPATH", "")
+        env["PYTHONPATH"] = str(self.moduleDir) + (os.pathsep + existing if existing else "")
+        return env
+
+    def buildCommand(self, inputPath: Path, outputPath: Path, parameters: SegmentationParameters,
+                     uncertaintyPath: Optional[Path] = None) -> List[str]:
+        """The full child command line: ``python -m UXNetSegmentLib segment IN -o OUT ... --progress json``."""
+        python = self.pythonExecutable or defaultPythonExecutable()
+        cmd = [python, "-m", "UXNetSegmentLib", "segment", str(inputPath), "-o", str(outputPath)]
+        cmd += parameters.asArgList()
+        if uncertaintyPath is not None:
+            cmd += ["--uncertainty", str(uncertaintyPath)]
+        return cmd + ["--progress", "json"]
+
+    @staticmethod
+    def resolveSpec(parameters: SegmentationParameters) -> ModelSpec:
+        """The model spec whose labels name the segments (a custom spec file wins over the catalogue)."""
+        if parameters.specPath:
+            return load_spec(parameters.specPath)
+        return get_model(parameters.model)
+
+    @staticmethod
+    def validateInput(inputVolume) -> None:
+        if inputVolume is None:
+            raise UXNetError("no input volume; load a volume (e.g. from Sample Data) and select it")
+        if not inputVolume.IsA("vtkMRMLScalarVolumeNode") or inputVolume.IsA("vtkMRMLLabelMapVolumeNode"):
+            raise UXNetError(f"'{inputVolume.GetName()}' is not a grey-scale volume; select a CT or MR "
+                             f"scalar volume as input")
+        image = inputVolume.GetImageData()
+        if image is None or min(image.GetDimensions()) < 2:
+            raise UXNetError(f"'{inputVolume.GetName()}' has no 3D image data; select a loaded 3D volume")
+        if image.GetNumberOfScalarComponents() != 1:
+            raise UXNetError(f"'{inputVolume.GetName()}' has {image.GetNumberOfScalarComponents()} components "
+                             f"per voxel; convert it to a single grey-scale volume first")
+
+    @staticmethod
+    def writeVolume(volumeNode, path: Path) -> None:
+        """Write ``volumeNode`` with its exact geometry (origin, spacing, oblique directions) to ``path``."""
+        storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+        storage.SetFileName(str(path))
+        storage.SetUseCompression(False)
+        if not storage.WriteData(volumeNode):
+            raise UXNetError(f"could not write '{volumeNode.GetName()}' to the temporary folder {path.parent}; "
+                             f"free some disk space or set TMPDIR to a writable folder")
+
+    # -- running -----------------------------------------------------------------------------------------
+    def start(self, inputVolume, parameters: SegmentationParameters, outputSegmentation=None,
+              progressCallback: Optional[ProgressCallback] = None,
+              logCallback: Optional[LogCallback] = None) -> EngineTask:
+        """Start the engine for ``inputVolume`` and return at once; drive the task with ``task.poll()``.
+
+        ``outputSegmentation``: an existing node to fill (its segments are replaced only on success);
+        ``None`` creates a new node beside the input. Raises :class:`UXNetError` for invalid inputs.
+        """
+        self.validateInput(inputVolume)
+        ok, reason = parameters.isValid()
+        if not ok:
+            raise UXNetError(reason)
+        if outputSegmentation is not None and not outputSegmentation.IsA("vtkMRMLSegmentationNode"):
+            raise UXNetError("the output must be a segmentation node; choose one or 'Create new segmentation'")
+        spec = self.resolveSpec(parameters)
+        workDir = Path(tempfile.mkdtemp(prefix="uxnet-slicer-"))
+        try:
+            inputPath = workDir / "input.nrrd"
+            self.writeVolume(inputVolume, inputPath)
+            uncertaintyPath = workDir / "uncertainty.nrrd" if parameters.uncertainty else None
+            cmd = self.buildCommand(inputPath, workDir / "result.seg.nrrd", parameters, uncertaintyPath)
+            runner = ProcessRunner(cmd, env=self.childEnvironment(), cwd=str(workDir))
+            try:
+                runner.start()
+            except OSError as exc:
+                raise UXNetError(f"cannot start the engine with {cmd[0]} ({exc.strerror or exc}); "
+                                 f"check the Python executable setting") from None
+        except BaseException:
+            shutil.rmtree(workDir, ignore_errors=True)
+            raise
+        def importIntoScene() -> SegmentationResult:
+            task.emitProgress("import", 0.0, "loading the segmentation into the scene")
+            segmentation, uncertainty = self.importResult(workDir, spec, inputVolume, outputSegmentation, parameters)
+            task.emitProgress("import", 1.0, "done")
+            return SegmentationResult(segmentation, uncertainty, time.monotonic() - task.started, task.log)
+
+        task = EngineTask(runner, workDir, importIntoScene, progressCallback, logCallback)
+        task.emitLog("Running: " + " ".join(cmd))
+        return task
+
+    def segmentBlocking(self, inputVolume, parameters: SegmentationParameters, outputSegmentation=None,
+                        progressCallback: Optional[ProgressCallback] = None,
+                        logCallback: Optional[LogCallback] = None, timeout: Optional[float] = None,
+                        pollInterval: float = 0.05) -> SegmentationResult:
+        """Run to the end (for scripts and tests); raises :class:`UXNetError` with the engine's message."""
+        task = self.start(inputVolume, parameters, outputSegmentation, progressCallback, logCallback)
+        return task.wait(timeout, pollInterval)
+
+    def startDownload(self, modelName: str, progressCallback: Optional[ProgressCallback] = None,
+                      logCallback: Optional[LogCallback] = None) -> EngineTask:
+        """Download a catalogue model's weights in a child process; ``task.result`` is the file path."""
+        python = self.pythonExecutable or defaultPythonExecutable()
+        cmd = [python, "-m", "UXNetSegmentLib", "download", modelName, "--progress", "json"]
+        runner = ProcessRunner(cmd, env=self.childEnvironment())
+        try:
+            runner.start()
+        except OSError as exc:
+            raise UXNetError(f"cannot start the engine with {cmd[0]} ({exc.strerror or exc}); "
+                             f"check the Python executable setting") from None
+        task = EngineTask(runner, None, lambda: task.stdout[-1].strip() if task.stdout else "",
+                          progressCallback, logCallback)
+        task.emitLog("Running: " + " ".join(cmd))
+        return task
+
+    # -- importing ---------------------------------------------------------------------------------------
+    def importResult(self, workDir: Path, spec: ModelSpec, inputVolume, outputSegmentation,
+                     parameters: SegmentationParameters):
+        """Load the engine's files into the scene; returns ``(segmentationNode, uncertaintyVolumeNode)``."""
+        segPath = workDir / "result.seg.nrrd"
+        if not segPath.is_file():
+            raise UXNetError("the engine finished without writing its result; free disk space in the "
+                             "temporary folder and run again")
+        source = self.readSegmentationFile(segPath)
+        added = []
+        try:
+            segmentation = self.fillSegmentation(source, spec, inputVolume, outputSegmentation, added)
+            if parameters.show3D:
+                segmentation.CreateClosedSurfaceRepresentation()
+            uncertainty = None
+            if parameters.uncertainty:
+                uncertainty = self.loadUncertainty(workDir / "uncertainty.nrrd", inputVolume,
+                                                   segmentation.GetName(), added)
+        except BaseException:
+            for node in added:
+                self.scene.RemoveNode(node)
+            raise
+        return segmentation, uncertainty
+
+    @staticmethod
+    def readSegmentationFile(path: Path):
+        """Read a ``.seg.nrrd`` into a segmentation node that lives in a private scratch scene."""
+        scratch = slicer.vtkMRMLScene()
+        node = scratch.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        storage = slicer.vtkMRMLSegmentationStorageNode()
+        storage.SetFileName(str(path))
+        if not storage.ReadData(node):
+            raise UXNetError(f"the engine's result {path.name} could not be read by Slicer; "
+                             f"update the extension or report this")
+        node._uxnetScratchScene = scratch  # keep the scratch scene alive as long as the node
+        return node
+
+    def fillSegmentation(self, source, spec: ModelSpec, inputVolume, outputSegmentation, added: list):
+        """Copy ``source``'s segments (one per model label) into the output node, in one step.
+
+        A new node is filled outside the scene, then added beside ``inputVolume`` in the subject hierarchy.
+        """
+        scene = self.scene
+        target = outputSegmentation
+        if target is None:
+            target = slicer.vtkMRMLSegmentationNode()
+            target.SetName(scene.GenerateUniqueName(f"{inputVolume.GetName()} {spec.name}"))
+        segmentation = target.GetSegmentation()
+        wasModifying = target.StartModify()
+        try:
+            segmentation.DeepCopy(source.GetSegmentation())
+            self._applyLabels(segmentation, spec)
+            target.SetReferenceImageGeometryParameterFromVolumeNode(inputVolume)
+        finally:
+            target.EndModify(wasModifying)
+        if outputSegmentation is None:
+            scene.AddNode(target)
+            added.append(target)
+            target.CreateDefaultDisplayNodes()
+            self.placeBeside(target, inputVolume)
+        transform = inputVolume.GetParentTransformNode()
+        target.SetAndObserveTransformNodeID(transform.GetID() if transform else None)
+        return target
+
+    @staticmethod
+    def _applyLabels(segmentation, spec: ModelSpec) -> None:
+        """Name, colour and code every segment from the catalogue; add empty segments for missing labels."""
+        byValue = {}
+        for index in range(segmentation.GetNumberOfSegments()):
+            segmentId = segmentation.GetNthSegmentID(index)
+            byValue[segmentation.GetSegment(segmentId).GetLabelValue()] = segmentId
+        for value, label in sorted(spec.labels.items()):
+            color = [c / 255.0 for c in label.color]
+            segmentId = byValue.get(value)
+            if segmentId is None:
+                segmentId = segmentation.AddEmptySegment(f"Segment_{value}", label.name, color)
+            segment = segmentation.GetSegment(segmentId)
+            segment.SetName(label.name)
+            segment.SetNameAutoGenerated(False)
+            segment.SetColor(*color)
+            segment.SetColorAutoGenerated(False)
+            _setTerminology(segment, terminologyEntry(label))
+
+    def placeBeside(self, node, reference) -> None:
+        """Put ``node`` under the same subject-hierarchy parent as ``reference`` (study, folder...)."""
+        shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(self.scene)
+        if shNode is None:
+            return
+        refItem = shNode.GetItemByDataNode(reference)
+        if not refItem:
+            return
+        parent = shNode.GetItemParent(refItem)
+        item = shNode.GetItemByDataNode(node)
+        if item:
+            shNode.SetItemParent(item, parent)
+        else:
+            shNode.CreateItem(parent, node)
+
+    def loadUncertainty(self, path: Path, inputVolume, baseName: str, added: list):
+        """Add the engine's uncertainty map as a scalar volume beside the input."""
+        if not path.is_file():
+            raise UXNetError("the engine did not write the uncertainty map; update the engine or run "
+                             "again without 'Output uncertainty'")
+        volume = slicer.vtkMRMLScalarVolumeNode()
+        volume.SetName(self.scene.GenerateUniqueName(f"{baseName} uncertainty"))
+        storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+        storage.SetFileName(str(path))
+        if not storage.ReadData(volume):
+            raise UXNetError(f"the uncertainty map {path.name} could not be read; run again without it")
+        self.scene.AddNode(volume)
+        added.append(volume)
+        volume.CreateDefaultDisplayNodes()
+        self.placeBeside(volume, inputVolume)
+        transform = inputVolume.GetParentTransformNode()
+        volume.SetAndObserveTransformNodeID(transform.GetID() if transform else None)
+        return volume
+
+
+def registerTerminology(terminologiesLogic, path: Optional[Path] = None) -> Optional[str]:
+    """Load the extension's ``UXNetSegment.term.json`` into Slicer's Terminologies; returns its context name."""
+    path = Path(path) if path else resources_dir() / "Terminology" / "UXNetSegment.term.json"
+    if terminologiesLogic is None or not path.is_file():
+        return None
+    name = terminologiesLogic.LoadTerminologyFromFile(str(path))
+    return name or None
