@@ -148,16 +148,26 @@ class InstallLogic:
                              "(Modules > Utilities > PyTorch) and try again")
 
 
-def gpuDescription() -> Dict[str, str]:
-    """``{"cuda": "NVIDIA ... (24 GB)"}`` when torch sees a CUDA GPU, else ``{}`` (also when torch is absent)."""
-    if not isImportable("torch"):
-        return {}
-    try:
-        import torch
+DEVICE_QUERY_SCRIPT = (
+    "import json, torch\n"
+    "gpus = {}\n"
+    "if torch.cuda.is_available():\n"
+    "    p = torch.cuda.get_device_properties(0)\n"
+    "    gpus['cuda'] = '%s (%.0f GB)' % (p.name, p.total_memory / 2**30)\n"
+    "print(json.dumps(gpus))\n"
+)
+"""Run in the engine's interpreter (never in Slicer's own process): prints ``{"cuda": "NAME (N GB)"}`` or ``{}``."""
 
-        if not torch.cuda.is_available():
-            return {}
-        props = torch.cuda.get_device_properties(0)
-        return {"cuda": f"{props.name} ({props.total_memory / 2**30:.0f} GB)"}
-    except Exception:  # noqa: BLE001 - a broken driver just means no GPU offered
-        return {}
+
+def parseDeviceQuery(stdoutLines: List[str]) -> Dict[str, str]:
+    """The GPUs reported by :data:`DEVICE_QUERY_SCRIPT` (its last JSON line), ``{}`` when none or unreadable."""
+    import json
+
+    for line in reversed(stdoutLines):
+        try:
+            data = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(data, dict):
+            return {str(k): str(v) for k, v in data.items()}
+    return {}

@@ -27,6 +27,7 @@ from UXNetSegmentLib.catalogue import Label, ModelSpec, get_model, load_spec, re
 from UXNetSegmentLib.errors import Cancelled, UXNetError
 from UXNetSegmentLib.imageio import terminology as engineTerminology
 
+from .InstallLogic import DEVICE_QUERY_SCRIPT
 from .Parameters import SegmentationParameters
 from .ProcessRunner import LogLine, ProcessRunner, ProgressEvent
 
@@ -282,28 +283,22 @@ class SegmentationLogic:
             raise UXNetError("the output must be a segmentation node; choose one or 'Create new segmentation'")
         spec = self.resolveSpec(parameters)
         workDir = Path(tempfile.mkdtemp(prefix="uxnet-slicer-"))
-        try:
-            inputPath = workDir / "input.nrrd"
-            self.writeVolume(inputVolume, inputPath)
-            uncertaintyPath = workDir / "uncertainty.nrrd" if parameters.uncertainty else None
-            cmd = self.buildCommand(inputPath, workDir / "result.seg.nrrd", parameters, uncertaintyPath)
-            runner = ProcessRunner(cmd, env=self.childEnvironment(), cwd=str(workDir))
-            try:
-                runner.start()
-            except OSError as exc:
-                raise UXNetError(f"cannot start the engine with {cmd[0]} ({exc.strerror or exc}); "
-                                 f"check the Python executable setting") from None
-        except BaseException:
-            shutil.rmtree(workDir, ignore_errors=True)
-            raise
+
         def importIntoScene() -> SegmentationResult:
             task.emitProgress("import", 0.0, "loading the segmentation into the scene")
             segmentation, uncertainty = self.importResult(workDir, spec, inputVolume, outputSegmentation, parameters)
             task.emitProgress("import", 1.0, "done")
             return SegmentationResult(segmentation, uncertainty, time.monotonic() - task.started, task.log)
 
-        task = EngineTask(runner, workDir, importIntoScene, progressCallback, logCallback)
-        task.emitLog("Running: " + " ".join(cmd))
+        try:
+            inputPath = workDir / "input.nrrd"
+            self.writeVolume(inputVolume, inputPath)
+            uncertaintyPath = workDir / "uncertainty.nrrd" if parameters.uncertainty else None
+            cmd = self.buildCommand(inputPath, workDir / "result.seg.nrrd", parameters, uncertaintyPath)
+            task = self.startCommand(cmd[1:], importIntoScene, progressCallback, logCallback, workDir)
+        except BaseException:
+            shutil.rmtree(workDir, ignore_errors=True)
+            raise
         return task
 
     def segmentBlocking(self, inputVolume, parameters: SegmentationParameters, outputSegmentation=None,
@@ -314,21 +309,32 @@ class SegmentationLogic:
         task = self.start(inputVolume, parameters, outputSegmentation, progressCallback, logCallback)
         return task.wait(timeout, pollInterval)
 
-    def startDownload(self, modelName: str, progressCallback: Optional[ProgressCallback] = None,
-                      logCallback: Optional[LogCallback] = None) -> EngineTask:
-        """Download a catalogue model's weights in a child process; ``task.result`` is the file path."""
-        python = self.pythonExecutable or defaultPythonExecutable()
-        cmd = [python, "-m", "UXNetSegmentLib", "download", modelName, "--progress", "json"]
-        runner = ProcessRunner(cmd, env=self.childEnvironment())
+    def startCommand(self, args: List[str], onSuccess: Optional[Callable[[], object]] = None,
+                     progressCallback: Optional[ProgressCallback] = None,
+                     logCallback: Optional[LogCallback] = None, workDir: Optional[Path] = None) -> EngineTask:
+        """Start ``python ARGS`` (the engine's interpreter and environment) and return its task at once."""
+        cmd = [self.pythonExecutable or defaultPythonExecutable()] + list(args)
+        runner = ProcessRunner(cmd, env=self.childEnvironment(), cwd=str(workDir) if workDir else None)
         try:
             runner.start()
         except OSError as exc:
             raise UXNetError(f"cannot start the engine with {cmd[0]} ({exc.strerror or exc}); "
                              f"check the Python executable setting") from None
-        task = EngineTask(runner, None, lambda: task.stdout[-1].strip() if task.stdout else "",
-                          progressCallback, logCallback)
+        task = EngineTask(runner, workDir, onSuccess, progressCallback, logCallback)
         task.emitLog("Running: " + " ".join(cmd))
         return task
+
+    def startDownload(self, modelName: str, progressCallback: Optional[ProgressCallback] = None,
+                      logCallback: Optional[LogCallback] = None) -> EngineTask:
+        """Download a catalogue model's weights in a child process; ``task.result`` is the file path."""
+        task = self.startCommand(["-m", "UXNetSegmentLib", "download", modelName, "--progress", "json"],
+                                 lambda: task.stdout[-1].strip() if task.stdout else "",
+                                 progressCallback, logCallback)
+        return task
+
+    def startDeviceQuery(self) -> EngineTask:
+        """Ask the engine's interpreter which GPU torch sees; parse ``task.stdout`` with ``parseDeviceQuery``."""
+        return self.startCommand(["-c", DEVICE_QUERY_SCRIPT])
 
     # -- importing ---------------------------------------------------------------------------------------
     def importResult(self, workDir: Path, spec: ModelSpec, inputVolume, outputSegmentation,
