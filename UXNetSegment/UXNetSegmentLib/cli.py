@@ -78,8 +78,23 @@ def _run_download(args) -> None:
     print(path)
 
 
+def _add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="compare with a reference segmentation: Dice, HD95, MSD, volumes")
+    p.add_argument("prediction", help="predicted segmentation (.seg.nrrd or labelmap + .labels.json)")
+    p.add_argument("reference", help="reference segmentation; resampled onto the prediction's grid if needed")
+    p.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
+    p.add_argument("--plot", metavar="FILE.png", help="also write a bar chart of Dice and HD95 per segment")
+    p.add_argument("--overlay", metavar="FILE.png", help="also write a montage: prediction filled, reference outlined")
+    p.add_argument("--volume", metavar="VOLUME", help="the image to draw the --overlay on")
+
+    def run(args) -> None:
+        from .compare import run_compare_command
+        run_compare_command(args)
+    p.set_defaults(func=run)
+
+
 # Each entry adds one sub-command. Keep one function per command.
-COMMANDS = [_add_segment, _add_models, _add_download]
+COMMANDS = [_add_segment, _add_models, _add_download, _add_compare]
 
 
 def build_parser() -> argparse.ArgumentParser:
