@@ -440,6 +440,7 @@ class UXNetSegmentTest(ScriptedLoadableModuleTest):
 
     def setUp(self) -> None:
         slicer.mrmlScene.Clear()
+        InstallLogic(log=print).ensure(lambda text: True)  # unattended: accept the one-time install
 
     def runTest(self) -> None:
         self.setUp()
@@ -458,7 +459,6 @@ class UXNetSegmentTest(ScriptedLoadableModuleTest):
 
     def test_dependencies(self) -> None:
         self.delayDisplay("Checking the engine's Python packages")
-        InstallLogic(log=print).ensure(lambda text: True)
         self.assertEqual(InstallLogic().missing(), [])
 
     def test_segment_sample_blocking(self) -> None:
