@@ -140,6 +140,7 @@ class UXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._task = None  # the running segmentation or download (an EngineTask)
         self._taskKind = ""
+        self._taskVolume = None  # the input volume of the running segmentation
         self._deviceTask = None  # the GPU query, independent of the above
         self._deviceChecked = False
 
@@ -243,7 +244,7 @@ class UXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         name = self.ui.modelSelector.itemData(index)
         if name == self._parameterNode.model:
             return
-        with slicer.util.NodeModify(self._parameterNode):
+        with slicer.util.NodeModify(self._parameterNode.parameterNode):
             self._parameterNode.model = name
             self._parameterNode.weightsPath = ""
             try:
@@ -319,6 +320,7 @@ class UXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except UXNetError as exc:
             self._showError(str(exc))
             return
+        self._taskVolume = node.inputVolume
         self._startTask("segment", task)
 
     def _startTask(self, kind: str, task) -> None:
@@ -350,10 +352,11 @@ class UXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.progressBar.value = self.ui.progressBar.maximum
             self._setStage(PanelText.resultSummary(result.segmentationNode.GetName(), result.elapsedSeconds,
                                                    uncertaintyName))
-            slicer.util.setSliceViewerLayers(background=self._parameterNode.inputVolume)
+            slicer.util.setSliceViewerLayers(background=self._taskVolume)
         elif task.state == State.DONE and kind == "download":
             self._setStage(f"Weights downloaded: {task.result}")
-            self._showModel(self._parameterNode.model)
+            if self._parameterNode:
+                self._showModel(self._parameterNode.model)
         elif task.state == State.CANCELLED:
             self.ui.progressBar.value = 0
             self._setStage("Cancelled; the scene is unchanged.")

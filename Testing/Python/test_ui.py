@@ -7,7 +7,6 @@ the .ui file, the layout and every standard Qt widget are real.
 import ast
 import os
 import re
-from pathlib import Path
 
 import pytest
 
