@@ -59,7 +59,8 @@ class SegmentInfo:
 
     ``type_code``/``modifier_code`` are ``(scheme, code)`` pairs, e.g. ``("SCT", "10200004")`` for liver.
     ``named`` is False when the name was made up from the label value (labelmap without sidecar).
-    ``color`` is (r, g, b) 0-255 when the file gives one.
+    ``color`` is (r, g, b) 0-255 when the file gives one. ``label_value`` is the segment's own label value
+    when ``value`` is only its value in an exported array (Slicer's export numbers segments 1..N).
     """
 
     name: str
@@ -70,6 +71,13 @@ class SegmentInfo:
     named: bool = True
     segment_id: str = ""
     color: Optional[Tuple[int, int, int]] = None
+    label_value: Optional[int] = None
+
+    @property
+    def match_value(self) -> int:
+        """The value used to match by value and shown in reports: ``label_value`` when the arrays were
+        renumbered on export (Slicer), else ``value``."""
+        return self.value if self.label_value is None else self.label_value
 
     def terminology_key(self) -> Optional[Tuple[Tuple[str, str], Optional[Tuple[str, str]]]]:
         """``(type, modifier)`` codes, or None when absent or only Slicer's generic "Tissue" placeholder."""
@@ -330,7 +338,7 @@ def match_segments(pred: Sequence[SegmentInfo], ref: Sequence[SegmentInfo]
     used_ref = set()
     rules = [("terminology", lambda s: s.terminology_key()),
              ("name", lambda s: normalise_name(s.name) if s.named else None),
-             ("value", lambda s: s.value)]
+             ("value", lambda s: s.match_value)]
     for rule, key in rules:
         free_p = [i for i in range(len(pred)) if i not in pairs]
         free_r = [i for i in range(len(ref)) if i not in used_ref]
@@ -393,8 +401,8 @@ def compare_label_arrays(pred_layers: Sequence[np.ndarray], pred_segments: Seque
         metrics["volume_ref_ml"] = (ref_info[r.layer][1].get(r.value, 0) if r is not None else 0) * voxel_ml
         report.rows.append(ComparisonRow(
             segment=p.name if p is not None else "", reference_segment=r.name if r is not None else "",
-            matched_by=rule, pred_value=p.value if p is not None else None,
-            ref_value=r.value if r is not None else None, **metrics))
+            matched_by=rule, pred_value=p.match_value if p is not None else None,
+            ref_value=r.match_value if r is not None else None, **metrics))
     return report
 
 

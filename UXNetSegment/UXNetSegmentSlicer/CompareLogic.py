@@ -105,27 +105,13 @@ class CompareLogic:
         ``value`` and the segment's own label value as ``label_value`` (used for matching by value).
         """
         segmentation = segmentationNode.GetSegmentation()
-        logic = slicer.vtkSlicerSegmentationsModuleLogic
         layers: List[np.ndarray] = []
         segments: List[SegmentInfo] = []
         for layer in range(max(segmentation.GetNumberOfLayers(), 1)):
             ids = [i for i in _segmentIds(segmentation) if segmentation.GetLayerIndex(i) == layer]
             if not ids:
                 continue
-            labelNode = self.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "UXNetSegment compare (temp)")
-            labelNode.SetHideFromEditors(True)
-            if temporary is not None:
-                temporary.append(labelNode)
-            try:
-                ok = logic.ExportSegmentsToLabelmapNode(segmentationNode, ids, labelNode, geometryNode,
-                                                        slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY)
-                if not ok:
-                    raise UXNetError(f"could not export '{segmentationNode.GetName()}' to a labelmap; check that "
-                                     f"it has binary labelmap segments")
-                layers.append(slicer.util.arrayFromVolume(labelNode).copy())
-            finally:
-                if temporary is None:
-                    self.scene.RemoveNode(labelNode)
+            layers.append(self._exportLayer(segmentationNode, layer, ids, geometryNode, temporary))
             for index, segmentId in enumerate(ids):
                 segment = segmentation.GetSegment(segmentId)
                 typeCode, modifierCode = parse_terminology(_segmentTerminology(segment))
@@ -137,6 +123,29 @@ class CompareLogic:
         if not segments:
             raise UXNetError(f"'{segmentationNode.GetName()}' has no segments; choose a segmentation with segments")
         return layers, segments
+
+    def _exportLayer(self, segmentationNode, layer: int, ids: List[str], geometryNode, temporary) -> np.ndarray:
+        """The segments ``ids`` of one layer as a (k, j, i) array on ``geometryNode``'s grid, numbered 1..N."""
+        image = segmentationNode.GetSegmentation().GetLayerDataObject(layer)
+        if image is None or image.IsEmpty() or image.GetScalarRange()[1] == 0:
+            # nothing drawn in this layer (Slicer cannot export an empty labelmap): all zeros
+            dims = geometryNode.GetImageData().GetDimensions()
+            return np.zeros((dims[2], dims[1], dims[0]), dtype=np.uint8)
+        labelNode = self.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "UXNetSegment compare (temp)")
+        labelNode.SetHideFromEditors(True)
+        try:
+            ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+                segmentationNode, ids, labelNode, geometryNode, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY)
+            if not ok or labelNode.GetImageData() is None or labelNode.GetImageData().GetPointData().GetScalars() \
+                    is None:
+                raise UXNetError(f"could not export '{segmentationNode.GetName()}' onto the comparison grid; "
+                                 f"check that it has binary labelmap segments")
+            return slicer.util.arrayFromVolume(labelNode).copy()
+        finally:
+            if temporary is not None:
+                temporary.append(labelNode)
+            else:
+                self.scene.RemoveNode(labelNode)
 
     def _geometryNode(self, predictionNode, referenceNode):
         """A labelmap node with the prediction's geometry (temporary: the caller removes it)."""
@@ -158,7 +167,12 @@ class CompareLogic:
     def _coveringGeometry(predictionNode, referenceNode, image) -> None:
         """The prediction's labelmap grid (spacing, axes) with an extent covering both segmentations."""
         segmentation = predictionNode.GetSegmentation()
-        layerImage = segmentation.GetLayerDataObject(0) if segmentation.GetNumberOfLayers() else None
+        layerImage = None
+        for layer in range(segmentation.GetNumberOfLayers()):
+            candidate = segmentation.GetLayerDataObject(layer)
+            if candidate is not None and not candidate.IsEmpty():
+                layerImage = candidate
+                break
         if layerImage is None:
             raise UXNetError(f"'{predictionNode.GetName()}' has no labelmap geometry; set its reference "
                              f"geometry (Segmentations module) or pass the source volume")
