@@ -295,6 +295,30 @@ def test_engine_sidecar_format_is_read(tmp_path, lits):
         [(1, "liver", ("SCT", "10200004"), (221, 130, 101)), (2, "tumour", ("SCT", "108369006"), (1, 2, 3))]
 
 
+def test_files_written_by_the_engine(tmp_path, lits):
+    """The engine's own writers (imageio.write_output): .seg.nrrd with SNOMED codes from the catalogue, and a
+    labelmap with its ``.labels.json``. A label without a SNOMED code gets the engine's private per-value code,
+    which must not pair different structures across models."""
+    from UXNetSegmentLib.catalogue import spec_from_dict
+    from UXNetSegmentLib.imageio import write_output
+    spec = spec_from_dict({"name": "t", "labels": {"1": "liver", "2": "lesion"}, "intensity_window": [0, 1]})
+    other = spec_from_dict({"name": "u", "labels": {"1": "liver", "2": "cyst"}, "intensity_window": [0, 1]})
+    pred = perturbed_multilabel(lits)
+    pred_image = sitk.GetImageFromArray(pred)
+    pred_image.SetSpacing(ANISO)
+    ref_image = sitk.GetImageFromArray(lits)
+    ref_image.CopyInformation(pred_image)
+    p = write_output(pred_image, spec, tmp_path / "pred.seg.nrrd")
+    r = write_output(ref_image, spec, tmp_path / "ref.nii.gz")
+    rows = compare_files(p, r).rows
+    assert [(x.segment, x.matched_by) for x in rows] == [("liver", "terminology"), ("lesion", "name")]
+    assert rows[0].dice == pytest.approx(monai_metrics(pred == 1, lits == 1, ANISO)["dice"], abs=1e-6)
+    o = write_output(ref_image, other, tmp_path / "other.seg.nrrd")
+    rows = compare_files(p, o).rows
+    assert [(x.segment, x.reference_segment, x.matched_by) for x in rows] == \
+        [("liver", "liver", "terminology"), ("lesion", "cyst", "value")]
+
+
 def test_matching_rules_terminology_then_name_then_value():
     pred = [SegmentInfo("hepar", 1, type_code=("SCT", "10200004")),
             SegmentInfo("spleen", 2),

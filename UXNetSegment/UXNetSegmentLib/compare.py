@@ -43,6 +43,8 @@ from .errors import UXNetError
 
 # Slicer gives every new segment this generic "Tissue" type; it says nothing about which structure it is.
 GENERIC_TISSUE_CODE = "85756007"
+# The engine's private scheme for labels without a SNOMED code ("label-<value>"): the value in disguise.
+PRIVATE_SCHEMES = ("99UXNET",)
 
 LABELMAP_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -80,8 +82,10 @@ class SegmentInfo:
         return self.value if self.label_value is None else self.label_value
 
     def terminology_key(self) -> Optional[Tuple[Tuple[str, str], Optional[Tuple[str, str]]]]:
-        """``(type, modifier)`` codes, or None when absent or only Slicer's generic "Tissue" placeholder."""
-        if not self.type_code or not self.type_code[1] or self.type_code[1] == GENERIC_TISSUE_CODE:
+        """``(type, modifier)`` codes, or None when absent, Slicer's generic "Tissue" placeholder or the
+        engine's private per-value code."""
+        if not self.type_code or not self.type_code[1] or self.type_code[1] == GENERIC_TISSUE_CODE \
+                or self.type_code[0] in PRIVATE_SCHEMES:
             return None
         return (self.type_code, self.modifier_code)
 
