@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+__all__ = ["HeadlessSlicer", "MODULE_DIR", "REPO", "make_headless_slicer", "mrml_scene", "node_ids", "slicer_app"]
+
 REPO = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPO / "UXNetSegment"
 TERMINOLOGY_FILE = REPO / "Resources" / "Terminology" / "UXNetSegment.term.json"
