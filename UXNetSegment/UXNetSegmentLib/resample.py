@@ -1,0 +1,101 @@
+"""Map results from the processed grid back onto the input's own voxels.
+
+This replaces MONAI's ``Invertd`` (pad the crop, undo the orientation, resample bilinearly with
+border padding) by one trilinear lookup per input voxel, done in chunks so that no full-volume
+``(C, ...)`` probability map is ever built. Geometry is exact by construction: the output array
+has the input's size and is given the input's spacing, origin and direction.
+"""
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+CHUNK_VOXELS = 1 << 19
+
+
+def ijk_to_ras(image: sitk.Image) -> np.ndarray:
+    """4x4 matrix taking (i, j, k, 1) of a SimpleITK image to RAS millimetres."""
+    m = np.eye(4)
+    m[:3, :3] = np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing())[None, :]
+    m[:3, 3] = image.GetOrigin()
+    return LPS_TO_RAS @ m
+
+
+class GridMap:
+    """Input voxel -> continuous index in the processed (uncropped) grid, and the crop box inside it."""
+
+    def __init__(self, image: sitk.Image, grid_affine: np.ndarray, grid_shape: Sequence[int],
+                 crop_start: Sequence[int], crop_shape: Sequence[int]):
+        self.size = image.GetSize()  # (I, J, K)
+        self.to_grid = np.linalg.inv(np.asarray(grid_affine, dtype=np.float64)) @ ijk_to_ras(image)
+        self.grid_shape = np.asarray(grid_shape)
+        self.crop_start = np.asarray(crop_start)
+        self.crop_shape = np.asarray(crop_shape)
+
+    def chunks(self):
+        """Yield (k-slice range, continuous crop-relative coordinates (n, 3)) in (k, j, i) voxel order."""
+        ni, nj, nk = self.size
+        per = max(1, CHUNK_VOXELS // (ni * nj))
+        jj, ii = np.meshgrid(np.arange(nj), np.arange(ni), indexing="ij")
+        base = np.stack([ii.ravel(), jj.ravel()], 1).astype(np.float64)
+        for k0 in range(0, nk, per):
+            ks = np.arange(k0, min(nk, k0 + per), dtype=np.float64)
+            ijk = np.concatenate([np.tile(base, (len(ks), 1)), np.repeat(ks, len(base))[:, None]], 1)
+            grid = ijk @ self.to_grid[:3, :3].T + self.to_grid[:3, 3]
+            grid = np.clip(grid, 0, self.grid_shape - 1)  # MONAI's border padding
+            yield k0, len(ks), grid - self.crop_start
+
+    def corners(self, coords: np.ndarray):
+        """The 8 trilinear neighbours: flat indices into the crop (-1 outside it) and weights, (n, 8)."""
+        lo = np.floor(coords)
+        frac = coords - lo
+        lo = lo.astype(np.int64)
+        idx, wts = [], []
+        for dx in (0, 1):
+            for dy in (0, 1):
+                for dz in (0, 1):
+                    c = lo + np.array([dx, dy, dz])
+                    w = (frac[:, 0] if dx else 1 - frac[:, 0]) * (frac[:, 1] if dy else 1 - frac[:, 1]) \
+                        * (frac[:, 2] if dz else 1 - frac[:, 2])
+                    inside = np.all((c >= 0) & (c < self.crop_shape), axis=1)
+                    flat = np.ravel_multi_index(tuple(np.clip(c, 0, self.crop_shape - 1).T), tuple(self.crop_shape))
+                    idx.append(np.where(inside, flat, -1))
+                    wts.append(np.where(inside, w, 0.0))
+        return np.stack(idx, 1), np.stack(wts, 1)
+
+
+def invert_labels(grid: GridMap, index: torch.Tensor, prob: torch.Tensor, num_classes: int,
+                  uncertainty: Optional[torch.Tensor] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Labels ``(K, J, I)`` uint8 on the input grid (and uncertainty float32 if given).
+
+    ``index``/``prob``: top-k classes and probabilities ``(k, X, Y, Z)`` on the cropped grid.
+    """
+    k = index.shape[0]
+    flat_i = index.reshape(k, -1)
+    flat_p = prob.reshape(k, -1)
+    flat_u = uncertainty.reshape(-1) if uncertainty is not None else None
+    ni, nj, nk = grid.size
+    labels = np.zeros((nk, nj, ni), dtype=np.uint8)
+    unc = np.zeros((nk, nj, ni), dtype=np.float32) if uncertainty is not None else None
+    for k0, nks, coords in grid.chunks():
+        idx, w = grid.corners(coords)
+        valid = torch.from_numpy(idx >= 0)
+        pos = torch.from_numpy(np.maximum(idx, 0))
+        wt = torch.from_numpy(w.astype(np.float32))
+        scores = torch.zeros((len(coords), num_classes), dtype=torch.float32)
+        for c in range(k):
+            cls = flat_i[c][pos].long()
+            val = flat_p[c][pos] * wt
+            scores.scatter_add_(1, cls, torch.where(valid, val, torch.zeros_like(val)))
+        labels[k0:k0 + nks] = scores.argmax(1).to(torch.uint8).numpy().reshape(nks, nj, ni)
+        if unc is not None:
+            unc[k0:k0 + nks] = (flat_u[pos] * wt).sum(1).numpy().reshape(nks, nj, ni)
+    return labels, unc
+
+
+def to_image(array_kji: np.ndarray, like: sitk.Image) -> sitk.Image:
+    image = sitk.GetImageFromArray(array_kji)
+    image.CopyInformation(like)
+    return image
