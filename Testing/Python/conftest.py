@@ -1,0 +1,17 @@
+"""Shared test set-up: the engine on sys.path, small thread counts, and common fixtures."""
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = REPO / "Testing" / "Data"
+sys.path.insert(0, str(REPO / "UXNetSegment"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _engine_process_setup():
+    """The same allocator tuning the CLI applies, so in-process engine runs are as fast as the product."""
+    from UXNetSegmentLib.devices import tune_allocator
+    tune_allocator()

@@ -1,0 +1,63 @@
+"""The UX-Net implementation against the official code's fixtures and checkpoint layouts."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from engine_helpers import DATA, FIXTURE_WEIGHTS, tiny_network
+from UXNetSegmentLib.checkpoint import build_network, infer_config, load_network, read_state_dict
+from UXNetSegmentLib.network import UXNet
+
+
+def test_logits_match_official_code():
+    net = load_network(FIXTURE_WEIGHTS, num_classes=5)
+    ref = np.load(DATA / "network_seed7.npz")
+    with torch.no_grad():
+        out = net(torch.from_numpy(ref["input"])).numpy()
+    assert out.shape == ref["logits"].shape
+    assert np.abs(out - ref["logits"]).max() <= 1e-4
+
+
+def test_fixture_config_read_off_shapes():
+    config = infer_config(read_state_dict(FIXTURE_WEIGHTS))
+    assert config["feat_size"] == [48, 56, 64, 72]
+    assert config["depths"] == [2, 2, 2, 2]
+    assert config["hidden_size"] == 96 and config["out_chans"] == 5 and config["in_chans"] == 1
+
+
+@pytest.mark.parametrize("name", ["flare2021", "amos2022", "feta2021"])
+def test_official_layouts_load_strictly(name):
+    layout = json.loads((DATA / f"official_state_dict_{name}.json").read_text())
+    state = {key: torch.zeros(shape) for key, shape, _ in layout["state_dict"]}
+    net = build_network(state, num_classes=layout["config"]["out_chans"])
+    # Same keys, same order, same shapes as the official state_dict.
+    assert [(k, list(v.shape)) for k, v in net.state_dict().items()] == \
+           [(k, s) for k, s, _ in layout["state_dict"]]
+    assert sum(p.numel() for p in net.parameters()) == layout["num_parameters"]
+    for key in ("feat_size", "depths", "hidden_size", "out_chans", "in_chans"):
+        assert net.config[key] == layout["config"][key]
+
+
+def test_dataparallel_prefix_is_stripped(tmp_path):
+    state = {"module." + k: v for k, v in torch.load(FIXTURE_WEIGHTS, weights_only=True).items()}
+    torch.save(state, tmp_path / "dp.pth")
+    net = load_network(tmp_path / "dp.pth", num_classes=5)
+    assert net.config["feat_size"] == [48, 56, 64, 72]
+
+
+def test_first_width_need_not_be_48(tmp_path):
+    net = tiny_network(out_chans=3, feat=(24, 32, 40, 48), hidden=64)
+    torch.save(net.state_dict(), tmp_path / "w24.pth")
+    loaded = load_network(tmp_path / "w24.pth", num_classes=3)
+    x = torch.rand(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), net(x))
+    assert loaded.config["feat_size"] == [24, 32, 40, 48]
+
+
+def test_unusual_depths_and_kernel(tmp_path):
+    net = UXNet(1, 2, depths=(1, 3, 2, 1), feat_size=(8, 16, 16, 32), hidden_size=32, kernel_size=5)
+    torch.save(net.state_dict(), tmp_path / "odd.pth")
+    config = infer_config(read_state_dict(tmp_path / "odd.pth"))
+    assert config["depths"] == [1, 3, 2, 1] and config["kernel_size"] == 5
