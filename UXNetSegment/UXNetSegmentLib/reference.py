@@ -30,7 +30,7 @@ def preprocess_transforms(spec: ModelSpec) -> T.Compose:
     steps = []
     if spec.spacing:
         steps.append(T.Spacingd(keys="image", pixdim=spec.spacing, mode="bilinear"))
-    steps.append(T.Orientationd(keys="image", axcodes="RAS"))
+    steps.append(T.Orientationd(keys="image", axcodes="RAS", labels=None))
     if spec.intensity_percentiles:
         lo, hi = spec.intensity_percentiles
         steps.append(T.ScaleIntensityRangePercentilesd(keys="image", lower=lo, upper=hi, b_min=0.0, b_max=1.0,
