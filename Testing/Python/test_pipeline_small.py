@@ -92,3 +92,19 @@ def test_percentile_recipe_and_affine_helper():
     ras = ijk_to_ras(image) @ np.array([1, 2, 3, 1.0])
     lps = image.TransformIndexToPhysicalPoint((1, 2, 3))
     assert np.allclose(ras[:3], [-lps[0], -lps[1], lps[2]])
+
+
+def test_cuda_out_of_memory_retries_smaller_then_cpu():
+    from UXNetSegmentLib.devices import run_with_fallback
+    calls, notes = [], []
+
+    def run(device, batch):
+        calls.append((device.type, batch))
+        if device.type == "cuda":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return "ok"
+
+    result = run_with_fallback(run, torch.device("cuda"), 4, progress=lambda s, f, d: notes.append((s, d)))
+    assert result == "ok"
+    assert calls == [("cuda", 4), ("cuda", 2), ("cuda", 1), ("cpu", 1)]
+    assert any("falling back to the CPU" in d for s, d in notes if s == "warning")

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Install the pinned environment and run the whole test suite (what CI runs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_env.sh
+export QT_QPA_PLATFORM=offscreen MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647
+exec .venv/bin/python -m pytest -q "$@"
