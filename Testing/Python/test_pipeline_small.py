@@ -108,3 +108,22 @@ def test_cuda_out_of_memory_retries_smaller_then_cpu():
     assert result == "ok"
     assert calls == [("cuda", 4), ("cuda", 2), ("cuda", 1), ("cpu", 1)]
     assert any("falling back to the CPU" in d for s, d in notes if s == "warning")
+
+
+def test_kept_memory_does_not_grow_with_class_count():
+    """What is kept per processed voxel (top-k classes + uncertainty) is the same for 9 or 40 classes."""
+    from UXNetSegmentLib.slabs import SlabStore
+
+    def kept_bytes(classes):
+        store = SlabStore((20, 16, 12), classes, uncertainty="entropy")
+        return sum(t.numel() * t.element_size() for t in (store.index, store.prob, store.uncertainty))
+
+    assert kept_bytes(9) == kept_bytes(40) == kept_bytes(16)
+    store = SlabStore((4, 3, 2), 40, uncertainty="entropy")
+    logits = torch.randn(40, 4, 3, 2)
+    store(0, logits)
+    full = torch.softmax(logits, 0)
+    assert torch.equal(store.index[0].long(), full.argmax(0))
+    assert torch.allclose(store.prob[0], full.max(0).values)
+    entropy = -(full * full.log()).sum(0) / np.log(40)
+    assert torch.allclose(store.uncertainty, entropy, atol=1e-5)
