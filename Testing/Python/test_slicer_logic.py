@@ -208,12 +208,18 @@ def params(spec_path) -> SegmentationParameters:
 
 
 @pytest.fixture(scope="module")
-def engine_reference(workdir, params) -> sitk.Image:
+def lps_file(workdir) -> Path:
+    """The oblique, anisotropic phantom stored as an LPS NRRD (SimpleITK's convention)."""
+    path = workdir / "oblique_lps.nrrd"
+    write_lps_nrrd(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def engine_reference(workdir, params, lps_file) -> sitk.Image:
     """The engine CLI's own labelmap for the LPS file: what the Slicer result must reproduce voxel by voxel."""
-    lps = workdir / "oblique_lps.nrrd"
-    write_lps_nrrd(lps)
     out = workdir / "engine_labels.nrrd"
-    done = run_cli(["segment", lps, "-o", out, *params.asArgList(), "--progress", "none"])
+    done = run_cli(["segment", lps_file, "-o", out, *params.asArgList(), "--progress", "none"])
     assert done.returncode == 0, done.stderr
     return sitk.ReadImage(str(out))
 
@@ -254,6 +260,7 @@ def runs(slicer_app, workdir, params, engine_reference):
 def assert_on_engine_voxels(segmentationNode, spec, reference: sitk.Image) -> None:
     segmentation = segmentationNode.GetSegmentation()
     counts = np.bincount(sitk.GetArrayFromImage(reference).ravel(), minlength=max(spec.labels) + 1)
+    assert segmentation.GetNumberOfLayers() == 1  # one shared labelmap, label value = model value
     for value in spec.labels:
         segmentId = next(segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())
                          if segmentation.GetNthSegment(i).GetLabelValue() == value)
@@ -344,8 +351,8 @@ def test_progress_comes_from_engine_json_lines(runs):
     assert any("/" in e[2] for e in runs["events"] if e[0] == "inference"), "window i/n detail expected"
 
 
-def test_cancel_mid_run_leaves_scene_unchanged_and_no_process(mrml_scene, workdir, params):
-    volume = load_volume(mrml_scene, workdir / "oblique_lps.nrrd", "cancel me")
+def test_cancel_mid_run_leaves_scene_unchanged_and_no_process(mrml_scene, lps_file, params):
+    volume = load_volume(mrml_scene, lps_file, "cancel me")
     before = node_ids(mrml_scene)
     task = make_logic().start(volume, params)
     deadline = time.monotonic() + 300
@@ -364,19 +371,20 @@ def test_cancel_mid_run_leaves_scene_unchanged_and_no_process(mrml_scene, workdi
         task.wait()
 
 
-def test_engine_error_surfaces_as_its_one_line_message(mrml_scene, workdir, spec_path):
-    broken = workdir / "broken.pth"
-    broken.write_bytes(b"this is not a checkpoint" * 10)
-    volume = load_volume(mrml_scene, workdir / "oblique_lps.nrrd", "error case")
+def test_engine_error_surfaces_as_its_one_line_message(mrml_scene, workdir, spec_path, lps_file):
+    broken = workdir / "broken.pth"  # an interrupted download: the first 100 kB of the real checkpoint
+    broken.write_bytes(CHECKPOINT.read_bytes()[:100_000])
+    volume = load_volume(mrml_scene, lps_file, "error case")
     before = node_ids(mrml_scene)
     bad = SegmentationParameters(weightsPath=str(broken), specPath=str(spec_path), device="cpu")
     with pytest.raises(UXNetError) as caught:
         make_logic().segmentBlocking(volume, bad, timeout=300)
     # The same failure straight from the CLI: the panel must show exactly its error line.
-    cli = run_cli(["segment", workdir / "oblique_lps.nrrd", "-o", workdir / "x.seg.nrrd", *bad.asArgList()])
+    cli = run_cli(["segment", lps_file, "-o", workdir / "x.seg.nrrd", *bad.asArgList(),
+                   "--progress", "none"])
     line = [t for t in cli.stderr.splitlines() if t.startswith("error: ")][-1]
     assert str(caught.value) == line[len("error: "):]
-    assert "\n" not in str(caught.value) and "broken.pth" in str(caught.value)
+    assert "\n" not in str(caught.value) and "broken.pth is truncated" in str(caught.value)
     assert node_ids(mrml_scene) == before
 
 

@@ -6,7 +6,7 @@ from typing import Dict, Optional
 from UXNetSegmentLib.catalogue import ModelSpec
 
 STAGE_NAMES = {
-    "load": "Loading the volume",
+    "load": "Loading the model",
     "read": "Reading the volume",
     "preprocess": "Preprocessing",
     "model": "Loading the model",

@@ -349,10 +349,9 @@ class SegmentationLogic:
             raise UXNetError("the engine finished without writing its result; free disk space in the "
                              "temporary folder and run again")
         layer, _ = readEngineSegmentation(segPath)
-        segmentation = self.buildSegmentation(layer, spec)
         added = []
         try:
-            node = self.fillSegmentationNode(segmentation, spec, inputVolume, outputSegmentation, added)
+            node = self.fillSegmentationNode(layer, spec, inputVolume, outputSegmentation, added)
             if parameters.show3D:
                 node.CreateClosedSurfaceRepresentation()
             uncertainty = None
@@ -365,14 +364,14 @@ class SegmentationLogic:
         return node, uncertainty
 
     @staticmethod
-    def buildSegmentation(layer, spec: ModelSpec):
-        """A ``vtkSegmentation`` with one segment per model label, all sharing ``layer`` (label values).
+    def addLabelSegments(segmentation, layer, spec: ModelSpec) -> None:
+        """Add one segment per model label to ``segmentation``, all sharing ``layer`` (voxel = label value).
 
         Labels the engine did not find are still segments (empty). Names, colours and terminology come
-        from the catalogue's :class:`Label` objects.
+        from the catalogue's :class:`Label` objects. The segments must not belong to any other
+        segmentation (Slicer would split a labelmap shared across segmentations into binary copies).
         """
         binary = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
-        segmentation = slicer.vtkSegmentation()
         segmentation.SetSourceRepresentationName(binary)
         for value, label in sorted(spec.labels.items()):
             segment = slicer.vtkSegment()
@@ -384,10 +383,9 @@ class SegmentationLogic:
             _setTerminology(segment, terminologyEntry(label))
             segment.AddRepresentation(binary, layer)
             segmentation.AddSegment(segment, f"Segment_{value}")
-        return segmentation
 
-    def fillSegmentationNode(self, segmentation, spec: ModelSpec, inputVolume, outputSegmentation, added: list):
-        """Put ``segmentation`` into the output node in one step.
+    def fillSegmentationNode(self, layer, spec: ModelSpec, inputVolume, outputSegmentation, added: list):
+        """Fill the output node with the label segments of ``layer`` in one step.
 
         With no ``outputSegmentation`` a new node is filled outside the scene, then added beside
         ``inputVolume`` in the subject hierarchy; a chosen node has all its segments replaced at once.
@@ -399,7 +397,8 @@ class SegmentationLogic:
             target.SetName(scene.GenerateUniqueName(f"{inputVolume.GetName()} {spec.name}"))
         wasModifying = target.StartModify()
         try:
-            target.GetSegmentation().DeepCopy(segmentation)
+            target.GetSegmentation().RemoveAllSegments()
+            self.addLabelSegments(target.GetSegmentation(), layer, spec)
             target.SetReferenceImageGeometryParameterFromVolumeNode(inputVolume)
         finally:
             target.EndModify(wasModifying)
