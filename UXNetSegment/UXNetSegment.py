@@ -33,7 +33,12 @@ from UXNetSegmentLib.errors import UXNetError  # noqa: E402
 from UXNetSegmentSlicer import PanelText  # noqa: E402
 from UXNetSegmentSlicer.InstallLogic import InstallLogic, isImportable, parseDeviceQuery  # noqa: E402
 from UXNetSegmentSlicer.Parameters import SegmentationParameters  # noqa: E402
-from UXNetSegmentSlicer.SegmentationLogic import SegmentationLogic, State, registerTerminology  # noqa: E402
+from UXNetSegmentSlicer.SegmentationLogic import (  # noqa: E402
+    SegmentationLogic,
+    State,
+    addReviewSegment,
+    registerTerminology,
+)
 
 SAMPLE_NAME = "UXNetSegment Colin27 T1"
 SAMPLE_FILE = "colin27_t1_2mm.nrrd"
@@ -143,6 +148,10 @@ class UXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._taskVolume = None  # the input volume of the running segmentation
         self._deviceTask = None  # the GPU query, independent of the above
         self._deviceChecked = False
+        self._lastSegmentation = None  # what the last run produced, for Compare and Review
+        self._lastUncertainty = None
+        self._compareTable = None
+        self._compareChart = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -190,6 +199,7 @@ class UXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._task is not None:
             self._task.cancel()
             self._onTaskFinished()
+        self._lastSegmentation = self._lastUncertainty = self._compareTable = self._compareChart = None
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -348,6 +358,7 @@ class UXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         if task.state == State.DONE and kind == "segment":
             result = task.result
+            self._lastSegmentation, self._lastUncertainty = result.segmentationNode, result.uncertaintyVolumeNode
             uncertaintyName = result.uncertaintyVolumeNode.GetName() if result.uncertaintyVolumeNode else None
             self.ui.progressBar.value = self.ui.progressBar.maximum
             self._setStage(PanelText.resultSummary(result.segmentationNode.GetName(), result.elapsedSeconds,
@@ -393,29 +404,50 @@ class UXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for widget in (self.ui.modelSelector, self.ui.inputVolumeSelector, self.ui.outputSegmentationSelector):
             widget.enabled = not busy
 
-    # -- review tools (CompareLogic, written separately) ------------------------------------------------
-    def onCompareButton(self) -> None:
-        """Hook for ``UXNetSegmentSlicer.CompareLogic``: compare the output with the reference segmentation."""
-        try:
-            from UXNetSegmentSlicer import CompareLogic
-        except ImportError:
-            self._showError("the comparison tools are not installed with this version of the extension")
-            return
+    # -- review tools ------------------------------------------------------------------------------------
+    def _resultSegmentation(self):
+        """The segmentation to review: the chosen output node, else the one the last run created."""
         node = self._parameterNode
-        with slicer.util.tryWithErrorDisplay("Comparison failed.", waitCursor=True):
-            table = CompareLogic.compareSegmentations(node.outputSegmentation, node.referenceSegmentation)
-            self.ui.compareTableView.setMRMLTableNode(table)
+        return (node.outputSegmentation if node and node.outputSegmentation else None) or self._lastSegmentation
+
+    def onCompareButton(self) -> None:
+        """Compare the result with the reference segmentation: table, Dice chart, reference as outlines."""
+        from UXNetSegmentSlicer.CompareLogic import CompareLogic
+
+        prediction = self._resultSegmentation()
+        try:
+            if prediction is None:
+                raise UXNetError("no result to compare yet; click Segment first, or choose the output segmentation")
+            result = CompareLogic().compare(prediction, self._parameterNode.referenceSegmentation,
+                                            tableNode=self._compareTable, chartNode=self._compareChart)
+        except UXNetError as exc:
+            self._showError(str(exc))
+            return
+        self._compareTable, self._compareChart = result.tableNode, result.chartNode
+        self.ui.compareTableView.setMRMLTableNode(result.tableNode)
+        slicer.modules.plots.logic().ShowChartInLayout(result.chartNode)
+        self._setStage(f"Compared '{prediction.GetName()}' with '{self._parameterNode.referenceSegmentation.GetName()}'.")
 
     def onCreateReviewSegmentButton(self) -> None:
-        """Hook for ``UXNetSegmentSlicer.CompareLogic``: segment voxels above the uncertainty threshold."""
+        """Score each segment by its boundary uncertainty and add a "needs review" segment above the threshold."""
+        from UXNetSegmentSlicer.CompareLogic import CompareLogic
+
+        segmentation = self._resultSegmentation()
+        threshold = self._parameterNode.uncertaintyThreshold
         try:
-            from UXNetSegmentSlicer import CompareLogic
-        except ImportError:
-            self._showError("the review tools are not installed with this version of the extension")
+            if segmentation is None:
+                raise UXNetError("no result to review yet; tick 'Output uncertainty' and click Segment first")
+            if self._lastUncertainty is None or self._lastUncertainty.GetScene() is None:
+                raise UXNetError("no uncertainty map for this result; tick 'Output uncertainty' and segment again")
+            stats = CompareLogic().reviewScoresFromVolume(segmentation, self._lastUncertainty, threshold)
+            addReviewSegment(segmentation, self._lastUncertainty, threshold)
+        except UXNetError as exc:
+            self._showError(str(exc))
             return
-        node = self._parameterNode
-        with slicer.util.tryWithErrorDisplay("Creating the review segment failed.", waitCursor=True):
-            CompareLogic.createReviewSegment(node.outputSegmentation, node.uncertaintyThreshold)
+        order = CompareLogic.segmentsForReview(segmentation)
+        names = [segmentation.GetSegmentation().GetSegment(s).GetName() for s in order if s in stats]
+        self._onLog("Review first (least certain boundary first): " + ", ".join(names))
+        self._setStage(f"Added the review segment (uncertainty > {threshold:.2f}) to '{segmentation.GetName()}'.")
 
 
 #

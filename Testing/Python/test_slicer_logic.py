@@ -4,6 +4,7 @@ Every engine run here is the real CLI (``python -m UXNetSegmentLib segment ...``
 checkpoint ``Testing/Data/uxnet_small_seed7.pth`` (official UX-Net layout, 5 classes) on tiny volumes,
 so each run takes seconds.
 """
+import dataclasses
 import json
 import os
 import subprocess
@@ -31,7 +32,7 @@ from UXNetSegmentSlicer.InstallLogic import (  # noqa: E402
 from UXNetSegmentSlicer.Parameters import SegmentationParameters  # noqa: E402
 from UXNetSegmentSlicer.ProcessRunner import LogLine, ProcessRunner, ProgressEvent, parseProgressLine  # noqa: E402
 from UXNetSegmentSlicer.SegmentationLogic import (  # noqa: E402
-    CHILD_ENVIRONMENT, SegmentationLogic, State, terminologyEntry)
+    CHILD_ENVIRONMENT, REVIEW_SEGMENT_ID, SegmentationLogic, State, addReviewSegment, terminologyEntry)
 
 CHECKPOINT = REPO / "Testing" / "Data" / "uxnet_small_seed7.pth"
 SIZE_IJK = (40, 36, 24)
@@ -243,7 +244,8 @@ def runs(slicer_app, workdir, params, engine_reference):
     events = []
     logic = make_logic()
     lpsResult = logic.segmentBlocking(lpsVolume, params, progressCallback=lambda *e: events.append(e), timeout=600)
-    rasResult = logic.segmentBlocking(rasVolume, params, outputSegmentation=chosen, timeout=600)
+    withUncertainty = dataclasses.replace(params, uncertainty=True)
+    rasResult = logic.segmentBlocking(rasVolume, withUncertainty, outputSegmentation=chosen, timeout=600)
     yield {"scene": scene, "lpsVolume": lpsVolume, "rasVolume": rasVolume, "lps": lpsResult, "ras": rasResult,
            "folder": folder, "untouched": untouched, "untouchedBefore": untouchedBefore, "chosen": chosen,
            "chosenId": chosenId, "events": events, "spec": load_spec(params.specPath)}
@@ -341,6 +343,54 @@ def test_existing_segmentation_untouched_and_chosen_output_replaced(runs):
     assert names == [label.name for _, label in sorted(runs["spec"].labels.items())]
     # The LPS run made a new node; nothing else appeared.
     assert runs["lps"].segmentationNode.GetID() not in (chosen.GetID(), runs["untouched"].GetID())
+
+
+def test_uncertainty_volume_beside_the_input_on_its_grid(runs):
+    assert runs["lps"].uncertaintyVolumeNode is None
+    volume = runs["ras"].uncertaintyVolumeNode
+    assert volume is not None and volume.GetScene() is runs["scene"]
+    np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(_ijk_to_ras(volume)),
+                               slicer.util.arrayFromVTKMatrix(_ijk_to_ras(runs["rasVolume"])), atol=1e-6)
+    values = slicer.util.arrayFromVolume(volume)
+    assert values.shape == SIZE_IJK[::-1] and np.isfinite(values).all()
+    assert values.min() >= 0.0 and values.max() <= 1.0 and values.max() > 0.0
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(runs["scene"])
+    assert sh.GetItemParent(sh.GetItemByDataNode(volume)) == sh.GetItemParent(sh.GetItemByDataNode(runs["rasVolume"]))
+
+
+def test_review_segment_marks_uncertain_voxels_and_keeps_the_others(runs):
+    node, uncertainty = runs["ras"].segmentationNode, runs["ras"].uncertaintyVolumeNode
+    segmentation = node.GetSegmentation()
+    modelIds = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+    before = [len(segment_voxels_ras(node, s)) for s in modelIds]
+    values = slicer.util.arrayFromVolume(uncertainty)
+    threshold = float(np.quantile(values, 0.8))
+    try:
+        assert addReviewSegment(node, uncertainty, threshold) == REVIEW_SEGMENT_ID
+        assert addReviewSegment(node, uncertainty, threshold) == REVIEW_SEGMENT_ID  # replaced, not doubled
+        assert segmentation.GetNumberOfSegments() == len(modelIds) + 1
+        review = segment_voxels_ras(node, REVIEW_SEGMENT_ID)
+        assert len(review) == int((values > threshold).sum()) > 0
+        index, _ = engine_labels_at(_as_sitk_grid(uncertainty), review)
+        rounded = np.rint(index).astype(int)
+        assert (values[rounded[:, 2], rounded[:, 1], rounded[:, 0]] > threshold).all()
+        assert [len(segment_voxels_ras(node, s)) for s in modelIds] == before
+    finally:
+        segmentation.RemoveSegment(REVIEW_SEGMENT_ID)
+    with pytest.raises(UXNetError, match="no uncertainty map"):
+        addReviewSegment(node, None, 0.5)
+
+
+def _as_sitk_grid(volume) -> sitk.Image:
+    """An empty SimpleITK image on ``volume``'s grid (LPS), for physical-to-index mapping."""
+    m = slicer.util.arrayFromVTKMatrix(_ijk_to_ras(volume))
+    lps = np.diag([-1.0, -1.0, 1.0]) @ m[:3, :3]
+    spacing = np.linalg.norm(lps, axis=0)
+    image = sitk.Image([int(n) for n in volume.GetImageData().GetDimensions()], sitk.sitkUInt8)
+    image.SetSpacing(spacing.tolist())
+    image.SetDirection((lps / spacing).ravel().tolist())
+    image.SetOrigin((np.array([-1.0, -1.0, 1.0]) * m[:3, 3]).tolist())
+    return image
 
 
 def test_progress_comes_from_engine_json_lines(runs):
