@@ -1,12 +1,18 @@
-"""Device choice, precision and the window predictor (fast mode, TTA, CUDA out-of-memory fallback)."""
+"""Device choice, precision and the window predictor (compile, fast mode, TTA, CUDA out-of-memory fallback)."""
 import ctypes
+import os
 import sys
 from typing import Callable, List, Optional, Tuple
 
 import torch
 
+from .compile import ENV_SWITCH, CompiledNetwork, compile_enabled, compiled_for
 from .errors import UXNetError
 from .progress import ProgressCallback, report
+
+# Networks smaller than this are not compiled unless asked (UXNET_COMPILE=1): compiling takes
+# 10-60 s, which only pays back on official-size models (tens of millions of parameters).
+AUTO_COMPILE_MIN_PARAMS = 5_000_000
 
 
 def tune_allocator() -> bool:
@@ -45,16 +51,33 @@ def device_description(device: torch.device) -> str:
 def cpu_has_bf16() -> bool:
     """True when the CPU has native bf16 matrix support (AVX512-BF16 or AMX)."""
     try:
-        flags = open("/proc/cpuinfo").read()
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def fast_dtype(device: torch.device) -> Optional[torch.dtype]:
+    """The reduced precision fast mode uses on ``device``, or None where it would not be faster."""
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if cpu_has_bf16() else None
+
+
+def parameter_count(network: torch.nn.Module) -> int:
+    return sum(p.numel() for p in network.parameters())
+
+
+def want_compile(network: torch.nn.Module, requested: Optional[bool] = None) -> bool:
+    """Compile? ``requested`` wins; else ``UXNET_COMPILE`` (0 never, 1 always); else only large networks."""
+    if requested is not None:
+        return bool(requested) and hasattr(torch, "compile")
+    if not compile_enabled():
+        return False
+    if os.environ.get(ENV_SWITCH, "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    return parameter_count(network) >= AUTO_COMPILE_MIN_PARAMS
 
 
 FLIPS: List[Tuple[int, ...]] = [(), (2,), (3,), (4,)]
@@ -65,31 +88,69 @@ class Predictor:
 
     Exact mode runs fp32. Fast mode autocasts to bf16 (CPU with AVX512-BF16/AMX) or fp16/bf16 (CUDA,
     with channels-last and cuDNN autotune). ``tta`` averages the logits over flips of each window.
+    ``compile`` (None: automatic, see :func:`want_compile`) runs the network through TorchInductor,
+    built once per process per network, precision and window shape; the build is reported as the
+    ``compile`` progress stage, and any compiler failure falls back to eager with a warning.
     """
 
     def __init__(self, network: torch.nn.Module, device: torch.device, fast: bool = False, tta: bool = False,
-                 progress: Optional[ProgressCallback] = None):
+                 progress: Optional[ProgressCallback] = None, compile: Optional[bool] = None):
         self.device = device
         self.network = network.to(device).eval()
         self.dtype = fast_dtype(device) if fast else None
         self.flips = FLIPS if tta else [()]
         self.progress = progress
+        self.channels_last = device.type == "cuda" and self.dtype is not None
         if fast and self.dtype is None:
-            report(progress, "warning", 0.0, "fast mode needs bf16 support on this CPU; running exact fp32")
+            report(progress, "warning", 0.0, "fast mode needs bf16 support (AVX512-BF16 or AMX) on this CPU; "
+                                             "running exact fp32")
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = bool(fast)
-            if fast:
+            if self.channels_last:
                 self.network = self.network.to(memory_format=torch.channels_last_3d)
+        self.compiled: Optional[CompiledNetwork] = None
+        if want_compile(self.network, compile):
+            self.compiled = compiled_for(self.network, device, self.dtype, self.channels_last)
+            if self.compiled.failed is not None:
+                self._warn_eager(self.compiled.failed)
+                self.compiled = None
+
+    @property
+    def compiling(self) -> bool:
+        """True while the compiled path is in use (False after a fallback to eager)."""
+        return self.compiled is not None and self.compiled.failed is None
+
+    def _warn_eager(self, why: str) -> None:
+        report(self.progress, "warning", 0.0, f"could not compile the network ({why}); running eager PyTorch")
+
+    def _run(self, forward: Callable, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            if self.dtype is None:
+                return forward(x)
+            with torch.autocast(self.device.type, dtype=self.dtype):
+                return forward(x).float()
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.dtype is None:
-            return self.network(x)
-        with torch.autocast(self.device.type, dtype=self.dtype):
-            return self.network(x).float()
+        compiled = self.compiled
+        if compiled is not None and compiled.usable(tuple(x.shape)):
+            if compiled.is_built(tuple(x.shape)):
+                return self._run(compiled.forward, x)
+            report(self.progress, "compile", 0.0, "compiling the network (once per process)…")
+            try:
+                out, seconds = compiled.build(x, self._run)
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except Exception:
+                self._warn_eager(compiled.failed or "compiler error")
+                self.compiled = None
+            else:
+                report(self.progress, "compile", 1.0, f"compiled in {seconds:.0f} s")
+                return out
+        return self._run(self.network, x)
 
     def __call__(self, windows: torch.Tensor) -> torch.Tensor:
         x = windows.to(self.device)
-        if self.device.type == "cuda" and self.dtype is not None:
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         out = None
         for dims in self.flips:

@@ -1,0 +1,144 @@
+"""The compiled (TorchInductor, frozen weights) path: same labels as eager and the plain recipe, built once.
+
+Compiling a whole UX-Net takes minutes on a loaded 2-core machine, so the default tests compile a
+small segmentation network made of UX-Net's own kinds of layers (dense 3x3x3 and depthwise 7x7x7
+convs, instance norm, GELU, transposed conv, MONAI's output block) through the real pipeline; the
+tiny UX-Net itself is compiled in the ``slow`` test.
+"""
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from monai.networks.blocks import UnetOutBlock
+
+from engine_helpers import synthetic_ct, tiny_network, tiny_spec
+from UXNetSegmentLib import compile as uxcompile
+from UXNetSegmentLib.api import segment_image
+from UXNetSegmentLib.devices import (AUTO_COMPILE_MIN_PARAMS, Predictor, cpu_has_bf16, fast_dtype,
+                                     parameter_count, want_compile)
+from UXNetSegmentLib.reference import reference_segment
+
+
+def run(image, spec, net, events, **kw):
+    result = segment_image(image, spec, network=net, device="cpu",
+                           progress=lambda s, f, d: events.append((s, f, d)), **kw)
+    return sitk.GetArrayFromImage(result.labels)
+
+
+class MiniSegmenter(torch.nn.Module):
+    """``(B, 1, X, Y, Z)`` -> ``(B, classes, X, Y, Z)`` logits; X, Y, Z even. Has ``.out.conv.conv`` like UXNet."""
+
+    def __init__(self, classes: int = 5, width: int = 8, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.stem = torch.nn.Conv3d(1, width, 3, padding=1)
+        self.norm = torch.nn.InstanceNorm3d(width, affine=True)
+        self.down = torch.nn.Conv3d(width, width, 2, stride=2)
+        self.depthwise = torch.nn.Conv3d(width, width, 7, padding=3, groups=width)
+        self.up = torch.nn.ConvTranspose3d(width, width, 2, stride=2)
+        self.out = UnetOutBlock(3, width, classes)
+        with torch.no_grad():
+            self.stem.weight.mul_(8.0)
+
+    def forward(self, x):
+        skip = torch.nn.functional.gelu(self.norm(self.stem(x)))
+        y = self.up(torch.nn.functional.gelu(self.depthwise(self.down(skip))))
+        return self.out(y + skip)
+
+
+@pytest.fixture(scope="module")
+def case():
+    torch.set_num_threads(1)
+    image = synthetic_ct(size=(40, 36, 22), spacing=(1.0, 1.2, 2.4))
+    spec = tiny_spec(spacing=[1.5, 1.5, 2.0], overlap=0.5)
+    return image, spec
+
+
+@pytest.mark.parametrize("make_net", [
+    pytest.param(lambda: MiniSegmenter(seed=11).eval(), id="mini"),
+    pytest.param(lambda: tiny_network(seed=11), id="tiny-uxnet", marks=pytest.mark.slow),
+])
+def test_compiled_labels_equal_eager_and_plain_and_compile_once(case, monkeypatch, make_net):
+    image, spec = case
+    net = make_net()
+    monkeypatch.setenv("UXNET_COMPILE", "0")
+    eager_events = []
+    eager = run(image, spec, net, eager_events)
+    assert "compile" not in {s for s, _, _ in eager_events}
+
+    monkeypatch.setenv("UXNET_COMPILE", "1")
+    first_events = []
+    compiled = run(image, spec, net, first_events)
+    stages = [s for s, _, _ in first_events]
+    assert "warning" not in stages, first_events
+    compile_events = [(f, d) for s, f, d in first_events if s == "compile"]
+    assert compile_events[0] == (0.0, "compiling the network (once per process)…")
+    assert compile_events[-1][0] == 1.0
+    # The compile is reported before the first window's progress, then never again.
+    assert stages.index("compile") < stages.index("inference")
+    assert (compiled == eager).mean() >= 0.999
+
+    again_events = []
+    again = run(image, spec, net, again_events)
+    assert "compile" not in {s for s, _, _ in again_events}
+    assert np.array_equal(again, compiled)
+
+    plain = sitk.GetArrayFromImage(reference_segment(image, spec, net, sw_batch_size=4))
+    assert (compiled == plain).mean() >= 0.999
+
+    # The same network and window shape through a new Predictor: the process-wide build is reused.
+    x = torch.rand((1, 1) + tuple(spec.roi_size))
+    predictor = Predictor(net, torch.device("cpu"), compile=True)
+    out = predictor(x)
+    assert predictor.compiling
+    with torch.no_grad():
+        assert float((out - net(x)).abs().max()) < 1e-3
+
+
+def test_compiler_failure_falls_back_to_eager_with_a_warning(case, monkeypatch):
+    """No working C++ compiler: the run still finishes, eager, and says so once."""
+    import torch._inductor.config as inductor_config
+    image, spec = case
+    net = MiniSegmenter(classes=5, width=6, seed=12).eval()  # a new graph: no cached build
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))
+    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)
+    monkeypatch.setenv("UXNET_COMPILE", "1")
+    events = []
+    labels = run(image, spec, net, events)
+    warnings = [d for s, _, d in events if s == "warning"]
+    assert len(warnings) == 1 and "running eager PyTorch" in warnings[0]
+    monkeypatch.setenv("UXNET_COMPILE", "0")
+    assert np.array_equal(labels, run(image, spec, net, []))
+
+
+def test_compile_switch_and_automatic_choice(monkeypatch):
+    small = tiny_network()
+    assert parameter_count(small) < AUTO_COMPILE_MIN_PARAMS
+    monkeypatch.delenv("UXNET_COMPILE", raising=False)
+    assert not want_compile(small)             # tiny networks: compiling would not pay back
+    monkeypatch.setenv("UXNET_COMPILE", "1")
+    assert want_compile(small)
+    monkeypatch.setenv("UXNET_COMPILE", "0")
+    assert not want_compile(small)
+    assert want_compile(small, requested=True)  # an explicit request wins over the environment
+    assert not uxcompile.compile_enabled()
+
+
+def test_fast_mode_precision_follows_the_hardware():
+    cpu = torch.device("cpu")
+    assert fast_dtype(cpu) == (torch.bfloat16 if cpu_has_bf16() else None)
+    events = []
+    Predictor(tiny_network(), cpu, fast=True, progress=lambda s, f, d: events.append((s, d)), compile=False)
+    if not cpu_has_bf16():
+        assert events and events[0][0] == "warning" and "exact fp32" in events[0][1]
+    else:
+        assert not events
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="bf16 fast mode needs AVX512-BF16 or AMX")
+def test_fast_mode_bf16_agrees_with_exact_on_most_voxels(case):
+    image, spec = case
+    net = tiny_network(seed=11)
+    exact = run(image, spec, net, [], fast=False)
+    fast = run(image, spec, net, [], fast=True)
+    assert (exact == fast).mean() >= 0.97

@@ -1,0 +1,113 @@
+"""Compile the network once per process with TorchInductor, falling back to eager PyTorch.
+
+On the CPU the graph is compiled with weight freezing (constant-folded, pre-packed oneDNN
+convolutions): about 1.4x faster than eager in fp32 with logits equal to ~1e-5. A compiled
+network is cached per (network object, its weights, device, precision, memory format); each
+new window shape compiles once more (TorchInductor guards on shapes). Set ``UXNET_COMPILE=0``
+to switch compilation off.
+"""
+import os
+import sys
+import time
+import weakref
+from typing import Callable, Dict, Optional, Set, Tuple
+
+import torch
+
+ENV_SWITCH = "UXNET_COMPILE"
+# Past this many failed/odd shapes we stop asking Dynamo to recompile and stay eager.
+MAX_SHAPES = 8
+
+
+def compile_enabled() -> bool:
+    """False when ``UXNET_COMPILE`` is 0/false/no/off, or torch has no ``torch.compile``."""
+    if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    return hasattr(torch, "compile")
+
+
+def compile_unsupported_reason() -> Optional[str]:
+    """Why compiling cannot work here (checked without trying), or None."""
+    if sys.platform.startswith("win"):
+        return "TorchInductor on Windows needs the MSVC compiler"
+    try:
+        import torch._dynamo  # noqa: F401
+        import torch._inductor.config  # noqa: F401
+    except Exception as exc:  # pragma: no cover - depends on the torch build
+        return f"torch.compile is unavailable ({type(exc).__name__})"
+    return None
+
+
+def weights_key(network: torch.nn.Module) -> Tuple[int, int]:
+    """Changes whenever a parameter or buffer is replaced or modified in place (so a frozen graph is stale)."""
+    ptrs, versions = 0, 0
+    for t in list(network.parameters()) + list(network.buffers()):
+        ptrs = hash((ptrs, t.data_ptr()))
+        versions += t._version
+    return ptrs, versions
+
+
+class CompiledNetwork:
+    """A compiled forward for one network/device/precision/layout; remembers which shapes are built."""
+
+    def __init__(self, network: torch.nn.Module, device: torch.device):
+        self.network = network
+        self.device = device
+        self.forward: Optional[Callable] = None
+        self.shapes: Set[Tuple[int, ...]] = set()
+        self.failed: Optional[str] = None
+        reason = compile_unsupported_reason()
+        if reason is not None:
+            self.failed = reason
+            return
+        options = {"freezing": True} if device.type == "cpu" else {}
+        try:
+            self.forward = torch.compile(network, dynamic=False, options=options)
+        except Exception as exc:  # the compiler can refuse the module outright
+            self.failed = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+
+    def is_built(self, shape: Tuple[int, ...]) -> bool:
+        return tuple(shape) in self.shapes
+
+    def usable(self, shape: Tuple[int, ...]) -> bool:
+        return self.failed is None and (self.is_built(shape) or len(self.shapes) < MAX_SHAPES)
+
+    def build(self, x: torch.Tensor, run: Callable[[Callable, torch.Tensor], torch.Tensor]) -> Tuple[torch.Tensor, float]:
+        """Compile for ``x``'s shape by running it once; returns (output, seconds). Raises on failure."""
+        start = time.perf_counter()
+        try:
+            out = run(self.forward, x)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as exc:
+            self.failed = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+            raise
+        self.shapes.add(tuple(x.shape))
+        return out, time.perf_counter() - start
+
+
+_CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, Dict[tuple, CompiledNetwork]]" = weakref.WeakKeyDictionary()
+
+
+def compiled_for(network: torch.nn.Module, device: torch.device, dtype: Optional[torch.dtype],
+                 channels_last: bool) -> CompiledNetwork:
+    """The process-wide compiled form of ``network`` (created on first use, never twice)."""
+    per_net = _CACHE.setdefault(network, {})
+    key = (device.type, device.index, str(dtype), channels_last, weights_key(network))
+    entry = per_net.get(key)
+    if entry is None:
+        # A stale entry (old weights) would keep the old frozen constants alive: drop it.
+        for old in [k for k in per_net if k[:4] == key[:4]]:
+            del per_net[old]
+        entry = CompiledNetwork(network, device)
+        per_net[key] = entry
+    return entry
+
+
+def clear_cache() -> None:
+    """Forget every compiled network (tests; frees the frozen weight copies)."""
+    _CACHE.clear()
+    try:
+        torch._dynamo.reset()
+    except Exception:  # pragma: no cover
+        pass
