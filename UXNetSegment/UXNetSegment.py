@@ -6,6 +6,7 @@ Slicer-side logic). The widget below only connects the panel to them.
 """
 import os
 import sys
+import time
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 if MODULE_DIR not in sys.path:
@@ -470,6 +471,13 @@ class UXNetSegmentLogic(ScriptedLoadableModuleLogic, SegmentationLogic):
 #
 
 
+def _isNan(values):
+    import numpy
+
+    return numpy.isnan(values.astype(float))
+
+
+
 class UXNetSegmentTest(ScriptedLoadableModuleTest):
     """Runs inside Slicer: real engine, real bundled model, real sample volume, real panel."""
 
@@ -527,6 +535,7 @@ class UXNetSegmentTest(ScriptedLoadableModuleTest):
         pid = task.runner.pid
         while task.poll() == State.RUNNING and task.lastProgress is None:
             slicer.app.processEvents()
+            time.sleep(0.02)
         task.cancel()
         after = [slicer.mrmlScene.GetNthNode(i).GetID() for i in range(slicer.mrmlScene.GetNumberOfNodes())]
         self.assertEqual(task.state, State.CANCELLED)
@@ -544,11 +553,10 @@ class UXNetSegmentTest(ScriptedLoadableModuleTest):
         widget._parameterNode.inputVolume = volume
         widget._parameterNode.model = DEMO_MODEL
         widget._parameterNode.show3D = False
+        widget._parameterNode.uncertainty = True
         segmentationsBefore = slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
         widget.ui.segmentButton.click()
         self.assertEqual(widget.ui.segmentButton.text, "Cancel")
-        import time
-
         deadline = time.monotonic() + 900
         while widget._task is not None and time.monotonic() < deadline:
             slicer.app.processEvents()
@@ -557,4 +565,21 @@ class UXNetSegmentTest(ScriptedLoadableModuleTest):
         self.assertEqual(widget.ui.segmentButton.text, "Segment")
         self.assertIn("Done", widget.ui.stageLabel.text)
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"), segmentationsBefore + 1)
+        result = widget._lastSegmentation
+        self.assertIsNotNone(widget._lastUncertainty)
+
+        self.delayDisplay("Review segment from the uncertainty map")
+        widget.ui.createReviewSegmentButton.click()
+        self.assertIsNotNone(result.GetSegmentation().GetSegment("UXNetSegment_review"))
+        result.GetSegmentation().RemoveSegment("UXNetSegment_review")
+
+        self.delayDisplay("Compare with a copy of the result")
+        sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+        copyItem = slicer.modules.subjecthierarchy.logic().CloneSubjectHierarchyItem(sh, sh.GetItemByDataNode(result))
+        widget._parameterNode.referenceSegmentation = sh.GetItemDataNode(copyItem)
+        widget.ui.compareButton.click()
+        table = widget._compareTable
+        self.assertIsNotNone(table)
+        dice = slicer.util.arrayFromTableColumn(table, "Dice")
+        self.assertTrue(((dice == 1.0) | _isNan(dice)).all(), f"Dice of a copy must be 1: {dice}")
         self.delayDisplay("Panel run finished")
