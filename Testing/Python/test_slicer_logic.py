@@ -609,3 +609,50 @@ def test_device_query_runs_in_the_engine_interpreter():
     assert gpus == {} or set(gpus) == {"cuda"}
     assert parseDeviceQuery(['{"cuda": "NVIDIA H100 (80 GB)"}']) == {"cuda": "NVIDIA H100 (80 GB)"}
     assert DEVICE_QUERY_SCRIPT.startswith("import json, torch")
+
+
+def test_engine_warnings_go_to_the_log_not_the_progress_bar():
+    script = ("import json\n"
+              "print(json.dumps({'stage': 'load', 'fraction': 1.0, 'detail': 'CPU'}))\n"
+              "print(json.dumps({'stage': 'warning', 'fraction': 0.0, 'detail': 'GPU out of memory; using the CPU'}))\n"
+              "print(json.dumps({'stage': 'inference', 'fraction': 0.5, 'detail': 'window 1/2'}))\n")
+    events, lines = [], []
+    task = make_logic().startCommand(["-c", script], progressCallback=lambda *e: events.append(e),
+                                     logCallback=lines.append)
+    task.wait(timeout=60)
+    assert events == [("load", 1.0, "CPU"), ("inference", 0.5, "window 1/2")]
+    assert "Warning: GPU out of memory; using the CPU" in lines
+
+
+def test_panel_texts_from_the_catalogue():
+    from UXNetSegmentLib.catalogue import get_model
+    from UXNetSegmentSlicer import PanelText
+
+    assert PanelText.progressText("inference", 0.42, "window 5/12") == "Running the network: window 5/12 (42%)"
+    assert PanelText.progressText("somethingnew", 1.0) == "Somethingnew (100%)"
+    flare = get_model("flare2021")
+    info = PanelText.modelInfoHtml(flare)
+    assert "<b>Modality:</b> CT" in info and "4 pancreas" in info and "1 x 1 x 1.2 mm" in info
+    status = PanelText.weightsStatus(flare)
+    assert status.startswith("present") if flare.weights_path() else status.startswith("missing: click Download")
+    assert PanelText.weightsStatus(flare, "/some/where/my.pth") == "local file my.pth"
+    assert PanelText.deviceText({"cuda": "NVIDIA H100 (80 GB)"}, True) == "GPU: NVIDIA H100 (80 GB)"
+    assert "PyTorch" in PanelText.deviceText({}, False)
+
+
+DEMO_WEIGHTS = REPO / "Resources" / "Weights" / "demo_brain.pth"
+SAMPLE = REPO / "Resources" / "SampleData" / "colin27_t1_2mm.nrrd"
+
+
+@pytest.mark.skipif(not DEMO_WEIGHTS.is_file(), reason="bundled demo_brain weights not built yet")
+def test_bundled_demo_model_on_the_bundled_sample(mrml_scene):
+    """What the in-Slicer self-test does first, here headless: demo_brain on the Colin27 sample."""
+    volume = load_volume(mrml_scene, SAMPLE, "Colin27 T1")
+    result = make_logic().segmentBlocking(volume, SegmentationParameters(model="demo_brain", device="cpu",
+                                                                         show3D=False), timeout=900)
+    segmentation = result.segmentationNode.GetSegmentation()
+    names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+    assert names == ["cerebrospinal fluid", "grey matter", "white matter"]
+    sizes = [len(segment_voxels_ras(result.segmentationNode, segmentation.GetNthSegmentID(i))) for i in range(3)]
+    brain = int((slicer.util.arrayFromVolume(volume) > 0).sum())
+    assert all(s > 0 for s in sizes) and sum(sizes) <= brain * 1.2

@@ -9,7 +9,7 @@ STAGE_NAMES = {
     "load": "Loading the model",
     "read": "Reading the volume",
     "preprocess": "Preprocessing",
-    "model": "Loading the model",
+    "compile": "Compiling the network (first run only)",
     "inference": "Running the network",
     "postprocess": "Mapping back to the input grid",
     "write": "Writing the result",

@@ -42,6 +42,8 @@ CHILD_ENVIRONMENT = {
     "PYTHONUNBUFFERED": "1",  # progress lines arrive as they are printed
 }
 
+WARNING_STAGE = "warning"  # the engine reports fallbacks as progress events of this stage
+
 ProgressCallback = Callable[[str, float, str], None]
 LogCallback = Callable[[str], None]
 
@@ -143,7 +145,9 @@ class EngineTask:
         if self.state != State.RUNNING:
             return self.state
         for event in self.runner.poll():
-            if isinstance(event, ProgressEvent):
+            if isinstance(event, ProgressEvent) and event.stage == WARNING_STAGE:
+                self.emitLog(f"Warning: {event.detail}")  # e.g. a CPU fallback: worth reading, not progress
+            elif isinstance(event, ProgressEvent):
                 self.emitProgress(event.stage, event.fraction, event.detail)
             elif isinstance(event, LogLine) and event.text.strip():
                 if event.stream == "stdout":
