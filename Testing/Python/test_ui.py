@@ -179,6 +179,7 @@ def fill_like_a_session(panel) -> None:
     find("modelSelector").setCurrentIndex(models.index(spec))
     find("modelInfoLabel").setText(PanelText.modelInfoHtml(spec))
     find("weightsStatusLabel").setText(PanelText.weightsStatus(spec))
+    find("downloadWeightsButton").setEnabled(bool(spec.weights_url) and spec.weights_path() is None)  # as the widget
     for text in ("Auto", "CUDA (GPU)", "CPU"):
         find("deviceSelector").addItem(text)
     find("deviceInfoLabel").setText(PanelText.deviceText({}, torchPresent=True))
