@@ -395,6 +395,11 @@ class UXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _updateButtons(self, caller=None, event=None) -> None:
         busy = self._task is not None
         node = self._parameterNode
+        if node and node.model and self.ui.modelSelector.itemData(self.ui.modelSelector.currentIndex) != node.model:
+            self._showModel(node.model)  # the model was set from Python or a loaded scene
+            return
+        if node and self.ui.deviceSelector.itemData(self.ui.deviceSelector.currentIndex) != node.device:
+            self.ui.deviceSelector.setCurrentIndex(max(self.ui.deviceSelector.findData(node.device), 0))
         ready = bool(node and node.inputVolume and node.model)
         self.ui.segmentButton.text = "Cancel" if busy else "Segment"
         self.ui.segmentButton.enabled = busy or ready
