@@ -395,7 +395,8 @@ class UXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _updateButtons(self, caller=None, event=None) -> None:
         busy = self._task is not None
         node = self._parameterNode
-        if node and node.model and self.ui.modelSelector.itemData(self.ui.modelSelector.currentIndex) != node.model:
+        wanted = self.ui.modelSelector.findData(node.model) if node and node.model else -1
+        if wanted >= 0 and wanted != self.ui.modelSelector.currentIndex:
             self._showModel(node.model)  # the model was set from Python or a loaded scene
             return
         if node and self.ui.deviceSelector.itemData(self.ui.deviceSelector.currentIndex) != node.device:
