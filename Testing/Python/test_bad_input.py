@@ -171,3 +171,9 @@ def test_real_process_exit_code_and_no_traceback(work):
     debug = subprocess.run([sys.executable, "-m", "UXNetSegmentLib", "--debug", "segment", str(work / "nope.nrrd"),
                             "-o", str(work / "o.seg.nrrd")], capture_output=True, text=True, env=env)
     assert "Traceback" in debug.stderr
+
+
+def test_random_bytes_checkpoint(capsys, work):
+    (work / "noise.pth").write_bytes(np.random.default_rng(0).bytes(4096))
+    refused(capsys, work, [str(work / "ct.nrrd"), "--weights", str(work / "noise.pth"), "--spec",
+                           str(work / "tiny.json")], "damaged")

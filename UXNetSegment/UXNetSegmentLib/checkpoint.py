@@ -1,7 +1,6 @@
 """Load 3D UX-Net checkpoints safely (``weights_only=True``) and read the architecture off the shapes."""
 import pickle
 import re
-import zipfile
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -27,10 +26,13 @@ def read_state_dict(path) -> Dict[str, torch.Tensor]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UXNetError(f"checkpoint {path.name} was refused: it holds objects other than tensors, which could run "
-                         f"code ({first[:120]}); use a plain state_dict from a trusted source") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError) as exc:
+        detail = next((ln.strip() for ln in str(exc).splitlines() if "nsupported" in ln), type(exc).__name__)
+        if "GLOBAL" in detail:
+            raise UXNetError(f"checkpoint {path.name} was refused: it asks to run code or build objects other than "
+                             f"tensors ({detail[:100]}); use a plain state_dict from a trusted source") from None
+        raise UXNetError(f"checkpoint {path.name} was refused: it is damaged or not a plain torch.save state_dict "
+                         f"({detail[:60]}); download it again or re-save model.state_dict()") from None
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for damaged files (IndexError, KeyError...)
         raise UXNetError(f"checkpoint {path.name} is truncated or not a PyTorch file "
                          f"({type(exc).__name__}); download it again") from None
     if isinstance(obj, dict):

@@ -30,10 +30,11 @@ def _add_segment(sub) -> None:
 
 def _run_segment(args) -> None:
     from . import api
+    args.progress_printer = _progress(args.progress)
     api.segment_file(args.input, args.output, model=args.model, weights=args.weights, spec=args.spec,
                      device=args.device, overlap=args.overlap, fast=args.fast,
                      uncertainty_path=args.uncertainty, tta=args.tta, snapshot_path=args.snapshot,
-                     progress=_progress(args.progress))
+                     progress=args.progress_printer)
 
 
 def _progress(kind: str):
@@ -106,27 +107,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _failure(exc: BaseException, debug: bool) -> int:
+    """Print the one-line ``error:`` message for ``exc`` and return the exit code."""
+    if isinstance(exc, KeyboardInterrupt):
+        message, code = "interrupted; nothing was written", 130
+    elif isinstance(exc, UXNetError):
+        message, code = str(exc), 130 if isinstance(exc, Cancelled) else 1
+    else:
+        message, code = f"unexpected {type(exc).__name__}: {exc} (rerun with --debug and report it)", 1
+    if debug:
+        traceback.print_exc()
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
         return 0
-    except Cancelled as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 130
-    except UXNetError as exc:
-        if args.debug:
-            traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted; nothing was written", file=sys.stderr)
-        return 130
-    except Exception as exc:  # noqa: BLE001 - last-resort one-liner, traceback with --debug
-        if args.debug:
-            traceback.print_exc()
-        print(f"error: unexpected {type(exc).__name__}: {exc} (rerun with --debug and report it)", file=sys.stderr)
-        return 1
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - every failure becomes one line
+        printer = getattr(args, "progress_printer", None)
+        if hasattr(printer, "close"):
+            printer.close()  # a half-drawn bar would swallow the error line
+        return _failure(exc, args.debug)
 
 
 if __name__ == "__main__":

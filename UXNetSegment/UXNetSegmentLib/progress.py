@@ -44,25 +44,35 @@ def json_lines_printer(stream=None) -> ProgressCallback:
     return emit
 
 
-def tqdm_printer() -> ProgressCallback:
-    """Progress as a tqdm bar on stderr, one bar per stage."""
-    from tqdm import tqdm
+class TqdmPrinter:
+    """Progress as a tqdm bar on stderr, one bar per stage; ``close()`` clears the line (e.g. before an error)."""
 
-    state = {"stage": None, "bar": None}
+    def __init__(self):
+        self.stage = None
+        self.bar = None
 
-    def emit(stage: str, fraction: float, detail: str = "") -> None:
-        if stage != state["stage"]:
-            if state["bar"] is not None:
-                state["bar"].close()
-            state["stage"] = stage
-            state["bar"] = tqdm(total=1000, desc=stage, unit="‰", leave=False,
-                                bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
-        bar = state["bar"]
-        bar.n = int(round(fraction * 1000))
-        bar.set_postfix_str(detail, refresh=False)
-        bar.refresh()
+    def __call__(self, stage: str, fraction: float, detail: str = "") -> None:
+        from tqdm import tqdm
+
+        if stage == "warning":
+            self.close()
+            sys.stderr.write(f"warning: {detail}\n")
+            return
+        if stage != self.stage:
+            self.close()
+            self.stage = stage
+            self.bar = tqdm(total=1000, desc=stage, leave=False, bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+        self.bar.n = int(round(fraction * 1000))
+        self.bar.set_postfix_str(detail, refresh=False)
+        self.bar.refresh()
         if fraction >= 1.0:
-            bar.close()
-            state["stage"], state["bar"] = None, None
+            self.close()
 
-    return emit
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.stage, self.bar = None, None
+
+
+def tqdm_printer() -> TqdmPrinter:
+    return TqdmPrinter()
