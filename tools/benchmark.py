@@ -401,6 +401,43 @@ def memory_runs(args, work: Path) -> dict:
     return results
 
 
+def accuracy_runs(args) -> dict:
+    """Fast mode's reduced precision against exact fp32 on a trained model: Dice per label, in-process.
+
+    bf16 autocast is forced even where the CPU lacks native bf16 (then it is emulated: same numbers,
+    slower), so the accuracy of fast mode can be stated on any machine.
+    """
+    import torch
+    from UXNetSegmentLib.catalogue import load_spec
+    from UXNetSegmentLib.checkpoint import load_network
+    from UXNetSegmentLib.devices import Predictor, tune_allocator
+    from UXNetSegmentLib.imageio import read_image
+    from UXNetSegmentLib.pipeline import run_recipe
+    tune_allocator()
+    spec = load_spec(args.accuracy_spec)
+    net = load_network(args.accuracy_weights, spec.num_classes)
+    results = {}
+    for path in args.accuracy_images:
+        image = read_image(path)
+        labels, seconds = {}, {}
+        for name, dtype in (("exact", None), ("bf16", torch.bfloat16)):
+            predictor = Predictor(net, torch.device("cpu"), dtype=dtype, compile=False)
+            start = time.perf_counter()
+            labels[name] = run_recipe(image, spec, predictor).labels
+            seconds[name] = time.perf_counter() - start
+        a, b = labels["exact"], labels["bf16"]
+        dice = {}
+        for value, label in spec.labels.items():
+            x, y = a == value, b == value
+            dice[label.name] = float(2.0 * (x & y).sum() / max(1, x.sum() + y.sum()))
+        results[Path(path).name] = {"size": list(image.GetSize()), "dice_bf16_vs_exact": dice,
+                                    "voxels_equal": float((a == b).mean()), "seconds": seconds}
+        print(f"{Path(path).name} {image.GetSize()}: voxels equal {100 * (a == b).mean():.3f}%, Dice "
+              + ", ".join(f"{k} {v:.4f}" for k, v in dice.items())
+              + f"; {seconds['exact']:.1f} s fp32, {seconds['bf16']:.1f} s bf16", flush=True)
+    return results
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ct", help="real CT file (default: pyradiomics lung2 if unpacked, else LiTS case 117)")
@@ -416,6 +453,11 @@ def main(argv=None) -> None:
     p.add_argument("--replay", type=int, default=1,
                    help="memory runs: network calls that really run (later ones reuse the first output)")
     p.add_argument("--no-floor", action="store_true")
+    p.add_argument("--accuracy", action="store_true", help="fast (bf16) vs exact Dice on a trained model")
+    p.add_argument("--accuracy-spec", default=str(REPO / "Resources" / "Models" / "demo_brain.json"))
+    p.add_argument("--accuracy-weights", default=str(REPO / "Resources" / "Weights" / "demo_brain.pth"))
+    p.add_argument("--accuracy-images", nargs="+",
+                   default=[str(REPO / "Resources" / "SampleData" / "colin27_t1_2mm.nrrd")])
     p.add_argument("--workdir", default="/tmp/uxnet-benchmark")
     p.add_argument("--json", help="write the summary here")
     p.add_argument("--plot", help="write the per-window plot here (PNG)")
@@ -428,6 +470,11 @@ def main(argv=None) -> None:
         return floor_worker(args)
     if args.worker:
         return worker(args)
+    if args.accuracy:
+        summary = {"accuracy": accuracy_runs(args)}
+        if args.json:
+            Path(args.json).write_text(json.dumps(summary, indent=1))
+        return None
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     arch = QUICK if args.quick else OFFICIAL

@@ -116,6 +116,9 @@ def test_compile_switch_and_automatic_choice(monkeypatch):
     assert parameter_count(small) < AUTO_COMPILE_MIN_PARAMS
     monkeypatch.delenv("UXNET_COMPILE", raising=False)
     assert not want_compile(small)             # tiny networks: compiling would not pay back
+    big = torch.nn.Linear(2500, 2500)          # 6.25 M parameters, like an official-size model
+    assert want_compile(big, device=torch.device("cpu"))
+    assert not want_compile(big, device=torch.device("cuda"))  # GPU: eager unless asked
     monkeypatch.setenv("UXNET_COMPILE", "1")
     assert want_compile(small)
     monkeypatch.setenv("UXNET_COMPILE", "0")

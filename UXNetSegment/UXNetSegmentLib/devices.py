@@ -69,14 +69,21 @@ def parameter_count(network: torch.nn.Module) -> int:
     return sum(p.numel() for p in network.parameters())
 
 
-def want_compile(network: torch.nn.Module, requested: Optional[bool] = None) -> bool:
-    """Compile? ``requested`` wins; else ``UXNET_COMPILE`` (0 never, 1 always); else only large networks."""
+def want_compile(network: torch.nn.Module, requested: Optional[bool] = None,
+                 device: Optional[torch.device] = None) -> bool:
+    """Compile? ``requested`` wins; else ``UXNET_COMPILE`` (0 never, 1 always); else large networks on the CPU.
+
+    On CUDA the automatic choice is eager (cuDNN is already near its floor and the GPU path is
+    not measured here); ``UXNET_COMPILE=1`` turns TorchInductor on there too.
+    """
     if requested is not None:
         return bool(requested) and hasattr(torch, "compile")
     if not compile_enabled():
         return False
     if os.environ.get(ENV_SWITCH, "").strip().lower() in ("1", "true", "yes", "on"):
         return True
+    if device is not None and device.type != "cpu":
+        return False
     return parameter_count(network) >= AUTO_COMPILE_MIN_PARAMS
 
 
@@ -94,14 +101,16 @@ class Predictor:
     """
 
     def __init__(self, network: torch.nn.Module, device: torch.device, fast: bool = False, tta: bool = False,
-                 progress: Optional[ProgressCallback] = None, compile: Optional[bool] = None):
+                 progress: Optional[ProgressCallback] = None, compile: Optional[bool] = None,
+                 dtype: Optional[torch.dtype] = None):
         self.device = device
         self.network = network.to(device).eval()
-        self.dtype = fast_dtype(device) if fast else None
+        # ``dtype`` forces an autocast precision (accuracy studies); without native support it is emulated.
+        self.dtype = dtype if dtype is not None else (fast_dtype(device) if fast else None)
         self.flips = FLIPS if tta else [()]
         self.progress = progress
         self.channels_last = device.type == "cuda" and self.dtype is not None
-        if fast and self.dtype is None:
+        if fast and self.dtype is None and dtype is None:
             report(progress, "warning", 0.0, "fast mode needs bf16 support (AVX512-BF16 or AMX) on this CPU; "
                                              "running exact fp32")
         if device.type == "cuda":
@@ -109,7 +118,7 @@ class Predictor:
             if self.channels_last:
                 self.network = self.network.to(memory_format=torch.channels_last_3d)
         self.compiled: Optional[CompiledNetwork] = None
-        if want_compile(self.network, compile):
+        if want_compile(self.network, compile, device):
             self.compiled = compiled_for(self.network, device, self.dtype, self.channels_last)
             if self.compiled.failed is not None:
                 self._warn_eager(self.compiled.failed)
