@@ -14,8 +14,8 @@ from monai.networks.blocks import UnetOutBlock
 from engine_helpers import synthetic_ct, tiny_network, tiny_spec
 from UXNetSegmentLib import compile as uxcompile
 from UXNetSegmentLib.api import segment_image
-from UXNetSegmentLib.devices import (AUTO_COMPILE_MIN_PARAMS, Predictor, cpu_has_bf16, fast_dtype,
-                                     parameter_count, want_compile)
+from UXNetSegmentLib.devices import (AUTO_COMPILE_CPU_CAPABILITIES, AUTO_COMPILE_MIN_PARAMS, Predictor,
+                                     cpu_capability, cpu_has_bf16, fast_dtype, parameter_count, want_compile)
 from UXNetSegmentLib.reference import reference_segment
 
 
@@ -117,7 +117,7 @@ def test_compile_switch_and_automatic_choice(monkeypatch):
     monkeypatch.delenv("UXNET_COMPILE", raising=False)
     assert not want_compile(small)             # tiny networks: compiling would not pay back
     big = torch.nn.Linear(2500, 2500)          # 6.25 M parameters, like an official-size model
-    assert want_compile(big, device=torch.device("cpu"))
+    assert want_compile(big, device=torch.device("cpu")) == (cpu_capability() in AUTO_COMPILE_CPU_CAPABILITIES)
     assert not want_compile(big, device=torch.device("cuda"))  # GPU: eager unless asked
     monkeypatch.setenv("UXNET_COMPILE", "1")
     assert want_compile(small)

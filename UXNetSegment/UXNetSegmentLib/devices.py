@@ -13,6 +13,17 @@ from .progress import ProgressCallback, report
 # Networks smaller than this are not compiled unless asked (UXNET_COMPILE=1): compiling takes
 # 10-60 s, which only pays back on official-size models (tens of millions of parameters).
 AUTO_COMPILE_MIN_PARAMS = 5_000_000
+# CPUs whose compiled (frozen, oneDNN-prepacked) UX-Net was measured faster than eager: x1.39 on an
+# AVX-512 EPYC. On an AVX2-only EPYC the compiled window was slower (BENCHMARKS.md), so it stays eager.
+AUTO_COMPILE_CPU_CAPABILITIES = ("AVX512",)
+
+
+def cpu_capability() -> str:
+    """PyTorch's CPU kernel level here: 'AVX512', 'AVX2', 'DEFAULT', ... ('' if unknown)."""
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except Exception:  # pragma: no cover - very old torch
+        return ""
 
 
 def tune_allocator() -> bool:
@@ -71,7 +82,8 @@ def parameter_count(network: torch.nn.Module) -> int:
 
 def want_compile(network: torch.nn.Module, requested: Optional[bool] = None,
                  device: Optional[torch.device] = None) -> bool:
-    """Compile? ``requested`` wins; else ``UXNET_COMPILE`` (0 never, 1 always); else large networks on the CPU.
+    """Compile? ``requested`` wins; else ``UXNET_COMPILE`` (0 never, 1 always); else large networks on an
+    AVX-512 CPU (where it was measured faster).
 
     On CUDA the automatic choice is eager (cuDNN is already near its floor and the GPU path is
     not measured here); ``UXNET_COMPILE=1`` turns TorchInductor on there too.
@@ -83,6 +95,8 @@ def want_compile(network: torch.nn.Module, requested: Optional[bool] = None,
     if os.environ.get(ENV_SWITCH, "").strip().lower() in ("1", "true", "yes", "on"):
         return True
     if device is not None and device.type != "cpu":
+        return False
+    if cpu_capability() not in AUTO_COMPILE_CPU_CAPABILITIES:
         return False
     return parameter_count(network) >= AUTO_COMPILE_MIN_PARAMS
 
