@@ -66,12 +66,13 @@ def load_template_1mm() -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     return t1, probs, affine
 
 
-def load_training_pair(spacing=SPACING_MM) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(image, labels, affine)`` on the model grid (RAS, ``spacing`` mm).
+def load_training_pair(spacing=SPACING_MM) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(image, probs, labels, affine)`` on the model grid (RAS, ``spacing`` mm).
 
     image ``(X, Y, Z)`` float32 in the template's raw 0..255 units (intensity scaling is left to
-    training so it sees the same percentile normalisation as inference); labels ``(X, Y, Z)``
-    uint8 0..3; affine 4x4 voxel->RAS mm.
+    training so it sees the same percentile normalisation as inference); probs ``(4, X, Y, Z)``
+    float32 (background, CSF, GM, WM); labels ``(X, Y, Z)`` uint8 0..3 = argmax of probs;
+    affine 4x4 voxel->RAS mm.
     """
     import torch
     from monai.data import MetaTensor
@@ -80,11 +81,12 @@ def load_training_pair(spacing=SPACING_MM) -> Tuple[np.ndarray, np.ndarray, np.n
     t1, probs, affine = load_template_1mm()
     aff = torch.as_tensor(affine, dtype=torch.float64)
     stacked = MetaTensor(torch.from_numpy(np.concatenate([t1[None], probs])), affine=aff)
-    stacked = Orientation(axcodes="RAS")(Spacing(pixdim=spacing, mode="bilinear")(stacked))
+    stacked = Orientation(axcodes="RAS", labels=None)(Spacing(pixdim=spacing, mode="bilinear")(stacked))
     arr = stacked.numpy()
     image = np.clip(arr[0], 0, None).astype(np.float32)
-    labels = np.argmax(arr[1:], axis=0).astype(np.uint8)
-    return image, labels, np.asarray(stacked.affine, dtype=np.float64)
+    probs = np.clip(arr[1:], 0, 1).astype(np.float32)
+    labels = np.argmax(probs, axis=0).astype(np.uint8)
+    return image, probs, labels, np.asarray(stacked.affine, dtype=np.float64)
 
 
 def main() -> None:
@@ -95,7 +97,7 @@ def main() -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    image, labels, affine = load_training_pair()
+    image, _, labels, affine = load_training_pair()
     nib.save(nib.Nifti1Image(image, affine), str(out / "template_2mm.nii.gz"))
     nib.save(nib.Nifti1Image(labels, affine), str(out / "labels_2mm.nii.gz"))
     vox_ml = float(np.prod(SPACING_MM)) / 1000.0
