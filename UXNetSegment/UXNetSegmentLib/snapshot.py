@@ -10,6 +10,7 @@ vs. reference). Uses matplotlib's Agg canvas directly, so it never touches pyplo
 """
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -123,6 +124,70 @@ def _views(arr: np.ndarray, axis: int, index: int) -> np.ndarray:
     return arr[::-1, :, index]  # sagittal: rows superior->inferior, cols anterior->posterior
 
 
+@dataclass
+class Panel:
+    view: str            # "axial", "coronal" or "sagittal"
+    index: int           # slice index along that axis of the display grid
+    count: int           # number of slices along that axis
+    rgb: np.ndarray      # (rows, cols, 3) float in [0, 1], display orientation
+
+
+@dataclass
+class Montage:
+    panels: List[List[Panel]]     # rows: axial, coronal, sagittal
+    info: LabelInfo               # the labels drawn: {value: (name, colour)}
+    present: List[int]            # label values found in the images
+    spacing_mm: float             # display pixel size
+
+
+def compose_panels(volume: sitk.Image, labels: Optional[sitk.Image] = None,
+                   label_info: Optional[LabelInfo] = None, outline_labels: Optional[sitk.Image] = None,
+                   slices_per_view: int = 3) -> Montage:
+    """The montage's slices as RGB arrays (see :func:`render_montage` for the arguments)."""
+    if volume.GetDimension() != 3:
+        raise UXNetError(f"snapshot: the volume is {volume.GetDimension()}D; give a 3D volume")
+    if volume.GetNumberOfComponentsPerPixel() != 1:
+        volume = sitk.VectorMagnitude(volume)
+    _check_same_space(volume, labels, "labels")
+    _check_same_space(volume, outline_labels, "outline labels")
+
+    grid = _display_grid(volume)
+    grey = _resample(volume, grid, nearest=False)
+    lab = _resample(labels, grid, nearest=True) if labels is not None else None
+    out = _resample(outline_labels, grid, nearest=True) if outline_labels is not None else None
+    present = set()
+    for a in (lab, out):
+        if a is not None:
+            present |= set(int(v) for v in np.unique(a)) - {0}
+    info = dict(label_info) if label_info is not None else default_label_info(sorted(present))
+    info = {int(k): (str(v[0]), tuple(int(c) for c in v[1])) for k, v in info.items() if int(k) != 0}
+
+    focus = np.zeros(grey.shape, dtype=bool)
+    for a in (lab, out):
+        if a is not None:
+            focus |= a > 0
+    if not focus.any():
+        focus = grey > np.percentile(grey, 50) if np.ptp(grey) > 0 else np.ones(grey.shape, dtype=bool)
+    box = _crop_box(focus, grey.shape)
+    inside = grey[tuple(box)]
+    nonzero = inside[inside != 0]
+    lo, hi = np.percentile(nonzero if nonzero.size else inside, [1, 99.5])
+
+    names = ("axial", "coronal", "sagittal")
+    rows = []
+    for axis in range(3):
+        row = []
+        for index in _slice_positions(focus, axis, slices_per_view):
+            crop = list(box)
+            crop[axis] = slice(index, index + 1)
+            sub = tuple(crop)
+            planes = [_views(a[sub], axis, 0) if a is not None else None for a in (grey, lab, out)]
+            rgb = _compose(planes[0], lo, hi, planes[1], planes[2], info, fill=out is not None)
+            row.append(Panel(names[axis], index, grey.shape[axis], rgb))
+        rows.append(row)
+    return Montage(rows, info, sorted(present), float(grid.GetSpacing()[0]))
+
+
 def render_montage(volume: sitk.Image, path, labels: Optional[sitk.Image] = None,
                    label_info: Optional[LabelInfo] = None, outline_labels: Optional[sitk.Image] = None,
                    title: str = "", slices_per_view: int = 3) -> Path:
@@ -139,79 +204,37 @@ def render_montage(volume: sitk.Image, path, labels: Optional[sitk.Image] = None
         title: figure title.
         slices_per_view: slices per anatomical view (rows: axial, coronal, sagittal).
     """
-    if volume.GetDimension() != 3:
-        raise UXNetError(f"snapshot: the volume is {volume.GetDimension()}D; give a 3D volume")
-    if volume.GetNumberOfComponentsPerPixel() != 1:
-        volume = sitk.VectorMagnitude(volume)
-    _check_same_space(volume, labels, "labels")
-    _check_same_space(volume, outline_labels, "outline labels")
     path = Path(path)
     if not path.parent.is_dir():
         raise UXNetError(f"snapshot: folder {path.parent} does not exist; create it or choose another path")
-
-    grid = _display_grid(volume)
-    grey = _resample(volume, grid, nearest=False)
-    lab = _resample(labels, grid, nearest=True) if labels is not None else None
-    out = _resample(outline_labels, grid, nearest=True) if outline_labels is not None else None
-    present = set()
-    for a in (lab, out):
-        if a is not None:
-            present |= set(int(v) for v in np.unique(a)) - {0}
-    info = dict(label_info) if label_info is not None else default_label_info(sorted(present))
-    info = {int(k): (str(v[0]), tuple(int(c) for c in v[1])) for k, v in info.items() if int(k) != 0}
-
-    any_label = np.zeros(grey.shape, dtype=bool)
-    for a in (lab, out):
-        if a is not None:
-            any_label |= a > 0
-    if any_label.any():
-        focus = any_label
-    else:
-        body = grey > np.percentile(grey, 50) if np.ptp(grey) > 0 else np.ones(grey.shape, dtype=bool)
-        focus = body
-    box = _crop_box(focus, grey.shape)
-    inside = grey[tuple(box)]
-    nonzero = inside[inside != 0]
-    lo, hi = np.percentile(nonzero if nonzero.size else inside, [1, 99.5])
+    montage = compose_panels(volume, labels, label_info, outline_labels, slices_per_view)
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    rows = []
-    for axis in range(3):
-        row = []
-        for index in _slice_positions(focus, axis, slices_per_view):
-            crop = [b for b in box]
-            crop[axis] = slice(index, index + 1)
-            sub = tuple(crop)
-            planes = [_views(a[sub], axis, 0) if a is not None else None for a in (grey, lab, out)]
-            row.append((index, _compose(planes[0], lo, hi, planes[1], planes[2], info, fill=out is not None)))
-        rows.append(row)
-
-    names = ("axial", "coronal", "sagittal")
     panel_in = 3.2
-    fig = Figure(figsize=(panel_in * slices_per_view, panel_in * 3 + 0.9), dpi=110, facecolor="black")
+    height = panel_in * 3 + 0.9
+    fig = Figure(figsize=(panel_in * slices_per_view, height), dpi=110, facecolor="black")
     FigureCanvasAgg(fig)
-    top = 1.0 - (0.55 if title else 0.2) / (panel_in * 3 + 0.9)
-    bottom = 0.7 / (panel_in * 3 + 0.9)
-    gs = fig.add_gridspec(3, slices_per_view, left=0.01, right=0.99, top=top, bottom=bottom,
-                          wspace=0.03, hspace=0.08)
-    for r, row in enumerate(rows):
-        for c, (index, rgb) in enumerate(row):
+    gs = fig.add_gridspec(3, slices_per_view, left=0.01, right=0.99, top=1.0 - (0.55 if title else 0.2) / height,
+                          bottom=0.7 / height, wspace=0.03, hspace=0.08)
+    for r, row in enumerate(montage.panels):
+        for c, panel in enumerate(row):
             ax = fig.add_subplot(gs[r, c])
-            ax.imshow(rgb, interpolation="nearest", aspect="equal")
+            ax.imshow(panel.rgb, interpolation="nearest", aspect="equal")
             ax.set_facecolor("black")
             ax.set_xticks([])
             ax.set_yticks([])
             for spine in ax.spines.values():
                 spine.set_visible(False)
-            ax.set_title(f"{names[r]} {index + 1}/{grey.shape[r]}", color="white", fontsize=8, pad=2)
+            ax.set_title(f"{panel.view} {panel.index + 1}/{panel.count}", color="white", fontsize=8, pad=2)
     if title:
         fig.suptitle(title, color="white", fontsize=11)
-    shown = [v for v in sorted(info) if v in present] or sorted(info)
+    info = montage.info
+    shown = [v for v in sorted(info) if v in montage.present] or sorted(info)
     handles = [Patch(facecolor=np.array(info[v][1]) / 255.0, edgecolor="white", label=info[v][0]) for v in shown]
-    if out is not None:
+    if outline_labels is not None:
         handles.append(Patch(facecolor="none", edgecolor="none", label="fill: labels, outline: reference"))
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=9, frameon=False,
