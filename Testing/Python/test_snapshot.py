@@ -1,4 +1,5 @@
 """The PNG montage renderer on real volumes: colours, fill/outline mode, orientation, errors."""
+import os
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,9 @@ def test_montage_shows_label_colours_and_legend(chest, tmp_path):
     legend = rgb[int(rgb.shape[0] * 0.9):]
     assert _count(legend, RED) > 20 and _count(legend, BLUE) > 20
     assert [p.name for p in tmp_path.iterdir()] == ["chest.png"]  # no temp file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
 
     plain = _read_png(render_montage(ct, tmp_path / "plain.png"))
     assert _count(plain, RED) == 0 and _count(plain, BLUE) == 0

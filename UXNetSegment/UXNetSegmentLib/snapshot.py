@@ -240,10 +240,13 @@ def render_montage(volume: sitk.Image, path, labels: Optional[sitk.Image] = None
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=9, frameon=False,
                    labelcolor="white", bbox_to_anchor=(0.5, 0.0))
 
+    from .compare import default_file_mode
+
     fd, tmp = tempfile.mkstemp(prefix=".snapshot-", suffix=".png", dir=str(path.parent))
     try:
         with os.fdopen(fd, "wb") as handle:
             fig.savefig(handle, format="png", facecolor=fig.get_facecolor())
+        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; give what open() would
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
