@@ -17,6 +17,23 @@ from .progress import CancelToken, ProgressCallback, report
 from .resample import to_image
 
 
+_NETWORKS: dict = {}
+
+
+def cached_network(weights, num_classes: int) -> torch.nn.Module:
+    """Load a checkpoint once per process (keyed by path, size and mtime), so repeated calls reuse it."""
+    path = Path(weights).resolve()
+    stat = path.stat() if path.is_file() else None
+    key = (str(path), stat.st_size, stat.st_mtime_ns, num_classes) if stat else None
+    if key is None or key not in _NETWORKS:
+        network = load_network(path, num_classes)
+        if key is None:
+            return network
+        _NETWORKS.clear()  # keep one model resident, not every model ever used
+        _NETWORKS[key] = network
+    return _NETWORKS[key]
+
+
 @dataclass
 class SegmentResult:
     labels: sitk.Image                  # uint8 labels on the input's exact grid
@@ -65,7 +82,7 @@ def segment_image(image: sitk.Image, spec: ModelSpec, weights=None, network: Opt
         if weights is None:
             raise UXNetError(f"no weights for '{spec.name}'; pass weights=FILE or download them")
         report(progress, "load", 0.0, f"reading {Path(weights).name}")
-        network = load_network(weights, spec.num_classes)
+        network = cached_network(weights, spec.num_classes)
     elif network.out.conv.conv.out_channels != spec.num_classes:
         raise UXNetError(f"the network predicts {network.out.conv.conv.out_channels} classes but "
                          f"'{spec.name}' has {spec.num_classes}; use the matching spec")

@@ -80,7 +80,8 @@ def sliding_window_stream(image: torch.Tensor, roi: Sequence[int], overlap: floa
             sl = slice(lo - x_start, hi - x_start)
             slab = acc[:, sl] / count[:, sl]
             on_slab(lo - pads[0][0], slab[(slice(None), slice(None)) + crop_yz])
-        acc = torch.roll(acc, -rows, dims=1)
-        count = torch.roll(count, -rows, dims=1)
-        acc[:, depth - rows:] = 0
-        count[:, depth - rows:] = 0
+        if rows < depth:  # shift the unfinished rows to the front, in place
+            acc[:, :depth - rows] = acc[:, rows:].clone()
+            count[:, :depth - rows] = count[:, rows:].clone()
+        acc[:, max(depth - rows, 0):] = 0
+        count[:, max(depth - rows, 0):] = 0
