@@ -2,8 +2,8 @@
 
 The oblique copy keeps the voxel data and tilts the grid by 20 degrees: the official recipe then
 feeds the network the same array, so the labels must agree voxel by voxel. The flipped copy stores the
-same physical image with its i and j axes reversed (LPS-increasing instead of RAS-increasing), and its
-labels must agree in physical space. The NIfTI copy is the same image in a RAS-stored file format.
+same physical image with its i and j axes reversed (LPS-increasing instead of RAS-increasing); there the
+official recipe run on that file is the oracle. The NIfTI copy is the same image in a RAS-stored file format.
 """
 import numpy as np
 import pytest
@@ -13,6 +13,7 @@ from engine_helpers import DATA, FIXTURE_WEIGHTS, ctchest4_path, fixture_spec, r
 from UXNetSegmentLib.api import segment_image
 from UXNetSegmentLib.checkpoint import load_network
 from UXNetSegmentLib.imageio import read_image
+from UXNetSegmentLib.reference import reference_segment
 
 BAR = 0.995
 
@@ -50,14 +51,18 @@ def test_oblique_copy_agrees(network, expected):
     assert (sitk.GetArrayFromImage(labels) == expected).mean() >= BAR
 
 
-def test_lps_stored_copy_agrees_in_physical_space(network, expected, tmp_path):
-    image = read_image(ctchest4_path())
+def test_lps_stored_copy_agrees_with_official_recipe(network, tmp_path):
+    """Storing the axes reversed moves MONAI's resampling grid by a fraction of a voxel, so the network sees
+    other windows and the fixture labels no longer apply; the official recipe on the same file is the oracle.
+    A 64x64 in-plane part of the CT keeps this affordable."""
+    image = read_image(ctchest4_path())[32:96, 32:96, :]
     flipped = sitk.Flip(image, [True, True, False])  # same physical image, axes now L and P increasing
     assert np.allclose(np.diag(np.array(flipped.GetDirection()).reshape(3, 3)), [1, 1, 1])
     sitk.WriteImage(flipped, str(tmp_path / "lps.nrrd"))
-    labels = segment(read_image(tmp_path / "lps.nrrd"), network)
-    back = sitk.GetArrayFromImage(sitk.Flip(labels, [True, True, False]))
-    assert (back == expected).mean() >= BAR
+    lps = read_image(tmp_path / "lps.nrrd")
+    ours = sitk.GetArrayFromImage(segment(lps, network))
+    official = sitk.GetArrayFromImage(reference_segment(lps, fixture_spec(), network, sw_batch_size=2))
+    assert (ours == official).mean() >= BAR
 
 
 def test_ras_nifti_file_reads_as_same_image(tmp_path):
