@@ -31,7 +31,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -183,27 +182,13 @@ def _fmt_pct(value: float) -> str:
     return ("+inf" if value > 0 else "-inf") if math.isinf(value) else f"{100.0 * value:+.1f}%"
 
 
-def default_file_mode() -> int:
-    """``0o666`` less the process umask: the mode a plain ``open(path, "w")`` would give
-    (``mkstemp`` files are 0600, which would otherwise leak into the renamed result)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
+    from .imageio import atomic_path
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as fh:
             fh.write(text)
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -5,11 +5,10 @@ inside Slicer) and written atomically: a temporary PNG in the target folder, the
 """
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import List
 
-from .compare import ComparisonReport, default_file_mode
+from .compare import ComparisonReport
 from .errors import UXNetError
 
 DICE_COLOUR = "#3b75af"
@@ -70,16 +69,9 @@ def plot_report(report: ComparisonReport, path, title: str = "Prediction vs refe
     fig.tight_layout(rect=(0.0, 0.06, 1.0, 1.0))
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=str(path.parent))
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from .imageio import atomic_path
+    with atomic_path(path) as tmp:
+        fig.savefig(str(tmp), format="png")
     return path
 
 

@@ -9,7 +9,6 @@ given, ``labels`` is drawn as a semi-transparent fill and ``outline_labels`` as 
 vs. reference). Uses matplotlib's Agg canvas directly, so it never touches pyplot or a GUI backend.
 """
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -240,16 +239,8 @@ def render_montage(volume: sitk.Image, path, labels: Optional[sitk.Image] = None
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=9, frameon=False,
                    labelcolor="white", bbox_to_anchor=(0.5, 0.0))
 
-    from .compare import default_file_mode
+    from .imageio import atomic_path
 
-    fd, tmp = tempfile.mkstemp(prefix=".snapshot-", suffix=".png", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png", facecolor=fig.get_facecolor())
-        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; give what open() would
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        fig.savefig(str(tmp), format="png", facecolor=fig.get_facecolor())
     return path
