@@ -8,6 +8,7 @@ are checked against a numpy nearest-neighbour resampler written here (no SimpleI
 import csv
 import importlib.util
 import math
+import os
 import sys
 import tracemalloc
 from pathlib import Path
@@ -26,7 +27,7 @@ if str(REPO / "UXNetSegment") not in sys.path:
 
 from UXNetSegmentLib import cli  # noqa: E402
 from UXNetSegmentLib.compare import (SegmentInfo, compare_files, compare_label_arrays,  # noqa: E402
-                                     default_file_mode, mask_metrics, match_segments, read_label_set)
+                                     mask_metrics, match_segments, read_label_set)
 from UXNetSegmentLib.errors import UXNetError  # noqa: E402
 
 torch.set_num_threads(1)
@@ -41,6 +42,12 @@ ANISO = (0.8, 0.8, 2.5)  # (i, j, k) mm
 
 # ---------------------------------------------------------------------------------------------------------------
 # Real data
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def lits_file(name: str) -> Path:
@@ -410,7 +417,7 @@ def test_cli_compare_writes_table_csv_plot_and_overlay(tmp_path, lits, capsys):
         assert picture.shape[0] > 200 and picture.shape[1] > 300 and picture.std() > 10
     assert not [x.name for x in tmp_path.iterdir() if x.name.startswith(".")]  # atomic writes leave no temp files
     for written in (out_csv, out_png):  # the temp file's 0600 must not leak into the result
-        assert written.stat().st_mode & 0o777 == default_file_mode()
+        assert written.stat().st_mode & 0o777 == 0o666 & ~_umask()
 
 
 def test_cli_compare_errors_are_one_line(tmp_path, lits, capsys):
