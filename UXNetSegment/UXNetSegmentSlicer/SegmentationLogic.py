@@ -408,13 +408,18 @@ class SegmentationLogic:
         finally:
             target.EndModify(wasModifying)
         if outputSegmentation is None:
-            scene.AddNode(target)
-            added.append(target)
-            target.CreateDefaultDisplayNodes()
-            self.placeBeside(target, inputVolume)
-        transform = inputVolume.GetParentTransformNode()
-        target.SetAndObserveTransformNodeID(transform.GetID() if transform else None)
+            self.addBeside(target, inputVolume, added)
+        else:
+            followTransform(target, inputVolume)
         return target
+
+    def addBeside(self, node, inputVolume, added: list) -> None:
+        """Add ``node`` to the scene beside ``inputVolume``, under the same transform; record it in ``added``."""
+        self.scene.AddNode(node)
+        added.append(node)
+        node.CreateDefaultDisplayNodes()
+        self.placeBeside(node, inputVolume)
+        followTransform(node, inputVolume)
 
     def placeBeside(self, node, reference) -> None:
         """Put ``node`` under the same subject-hierarchy parent as ``reference`` (study, folder...)."""
@@ -437,13 +442,14 @@ class SegmentationLogic:
             raise UXNetError("the engine did not write the uncertainty map; update the engine or run "
                              "again without 'Output uncertainty'")
         volume = readScalarVolume(path, self.scene.GenerateUniqueName(f"{baseName} uncertainty"))
-        self.scene.AddNode(volume)
-        added.append(volume)
-        volume.CreateDefaultDisplayNodes()
-        self.placeBeside(volume, inputVolume)
-        transform = inputVolume.GetParentTransformNode()
-        volume.SetAndObserveTransformNodeID(transform.GetID() if transform else None)
+        self.addBeside(volume, inputVolume, added)
         return volume
+
+
+def followTransform(node, inputVolume) -> None:
+    """Put ``node`` under the same parent transform as ``inputVolume`` (or none)."""
+    transform = inputVolume.GetParentTransformNode()
+    node.SetAndObserveTransformNodeID(transform.GetID() if transform else None)
 
 
 REVIEW_SEGMENT_ID = "UXNetSegment_review"
