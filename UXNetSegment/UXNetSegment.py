@@ -45,6 +45,7 @@ SAMPLE_NAME = "UXNetSegment Colin27 T1"
 SAMPLE_FILE = "colin27_t1_2mm.nrrd"
 DEMO_MODEL = "demo_brain"
 POLL_MS = 100
+REVIEW_DELAY_MS = 250
 
 
 #
@@ -179,6 +180,13 @@ class UXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.localWeightsButton.connect("clicked(bool)", self.onLocalWeightsButton)
         self.ui.compareButton.connect("clicked(bool)", self.onCompareButton)
         self.ui.createReviewSegmentButton.connect("clicked(bool)", self.onCreateReviewSegmentButton)
+        self.ui.reviewTableWidget.connect("cellDoubleClicked(int,int)", self.onReviewRowDoubleClicked)
+        # The threshold slider updates the review list and segment live, once the user pauses dragging.
+        self._reviewTimer = qt.QTimer()
+        self._reviewTimer.setSingleShot(True)
+        self._reviewTimer.setInterval(REVIEW_DELAY_MS)
+        self._reviewTimer.connect("timeout()", self.onThresholdSettled)
+        self.ui.uncertaintyThresholdSlider.connect("valueChanged(double)", lambda value: self._reviewTimer.start())
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
@@ -201,6 +209,7 @@ class UXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._task.cancel()
             self._onTaskFinished()
         self._lastSegmentation = self._lastUncertainty = self._compareTable = self._compareChart = None
+        self._fillReviewTable(None)
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -238,7 +247,7 @@ class UXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         node = self._parameterNode
         return SegmentationParameters(model=node.model, weightsPath=node.weightsPath, device=node.device,
                                       overlap=node.overlap, fast=node.fast, uncertainty=node.uncertainty,
-                                      show3D=node.show3D)
+                                      reviewThreshold=node.uncertaintyThreshold, show3D=node.show3D)
 
     # -- model and device --------------------------------------------------------------------------------
     def _fillModels(self) -> None:
@@ -364,7 +373,13 @@ class UXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.progressBar.value = self.ui.progressBar.maximum
             self._setStage(PanelText.resultSummary(result.segmentationNode.GetName(), result.elapsedSeconds,
                                                    uncertaintyName))
-            slicer.util.setSliceViewerLayers(background=self._taskVolume)
+            if result.uncertaintyVolumeNode is not None:  # heat overlay over the input, review list filled
+                slicer.util.setSliceViewerLayers(background=self._taskVolume, foreground=result.uncertaintyVolumeNode,
+                                                 foregroundOpacity=0.5)
+                self.ui.uncertaintyCollapsibleButton.collapsed = False
+            else:
+                slicer.util.setSliceViewerLayers(background=self._taskVolume, foreground=None)
+            self._fillReviewTable(result.segmentationNode)
         elif task.state == State.DONE and kind == "download":
             self._setStage(f"Weights downloaded: {task.result}")
             if self._parameterNode:
@@ -435,26 +450,72 @@ class UXNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.modules.plots.logic().ShowChartInLayout(result.chartNode)
         self._setStage(f"Compared '{prediction.GetName()}' with '{self._parameterNode.referenceSegmentation.GetName()}'.")
 
-    def onCreateReviewSegmentButton(self) -> None:
-        """Score each segment by its boundary uncertainty and add a "needs review" segment above the threshold."""
+    def _reviewInputs(self):
+        """(segmentation, uncertainty volume) of the result to review; raises UXNetError naming what is missing."""
+        segmentation = self._resultSegmentation()
+        if segmentation is None:
+            raise UXNetError("no result to review yet; tick 'Output uncertainty' and click Segment first")
+        if self._lastUncertainty is None or self._lastUncertainty.GetScene() is None:
+            raise UXNetError("no uncertainty map for this result; tick 'Output uncertainty' and segment again")
+        return segmentation, self._lastUncertainty
+
+    def _rescore(self, segmentation, uncertainty, threshold: float, withSegment: bool) -> None:
         from UXNetSegmentSlicer.CompareLogic import CompareLogic
 
-        segmentation = self._resultSegmentation()
+        CompareLogic().reviewScoresFromVolume(segmentation, uncertainty, threshold)
+        if withSegment:
+            addReviewSegment(segmentation, uncertainty, threshold)
+        self._fillReviewTable(segmentation)
+
+    def onCreateReviewSegmentButton(self) -> None:
+        """Score each segment by its boundary uncertainty and add a "needs review" segment above the threshold."""
         threshold = self._parameterNode.uncertaintyThreshold
         try:
-            if segmentation is None:
-                raise UXNetError("no result to review yet; tick 'Output uncertainty' and click Segment first")
-            if self._lastUncertainty is None or self._lastUncertainty.GetScene() is None:
-                raise UXNetError("no uncertainty map for this result; tick 'Output uncertainty' and segment again")
-            stats = CompareLogic().reviewScoresFromVolume(segmentation, self._lastUncertainty, threshold)
-            addReviewSegment(segmentation, self._lastUncertainty, threshold)
+            segmentation, uncertainty = self._reviewInputs()
+            self._rescore(segmentation, uncertainty, threshold, withSegment=True)
         except UXNetError as exc:
             self._showError(str(exc))
             return
-        order = CompareLogic.segmentsForReview(segmentation)
-        names = [segmentation.GetSegmentation().GetSegment(s).GetName() for s in order if s in stats]
-        self._onLog("Review first (least certain boundary first): " + ", ".join(names))
-        self._setStage(f"Added the review segment (uncertainty > {threshold:.2f}) to '{segmentation.GetName()}'.")
+        self._setStage(f"Added the review segment (uncertainty > {threshold:.2f}) to '{segmentation.GetName()}'; "
+                       f"move the threshold to update it.")
+
+    def onThresholdSettled(self) -> None:
+        """The slider stopped: refresh the shares above threshold, and the review segment if there is one."""
+        from UXNetSegmentSlicer.CompareLogic import REVIEW_SEGMENT_ID
+
+        try:
+            segmentation, uncertainty = self._reviewInputs()
+        except UXNetError:
+            return  # nothing to review yet: the slider only sets the threshold for later
+        hasSegment = segmentation.GetSegmentation().GetSegment(REVIEW_SEGMENT_ID) is not None
+        try:
+            self._rescore(segmentation, uncertainty, self._parameterNode.uncertaintyThreshold, hasSegment)
+        except UXNetError as exc:
+            self._setStage(f"Failed: {exc}", error=True)
+
+    def _fillReviewTable(self, segmentation) -> None:
+        """The review list: segments with a review score, least certain first."""
+        from UXNetSegmentSlicer.CompareLogic import CompareLogic
+
+        rows = CompareLogic.reviewRows(segmentation)
+        table = self.ui.reviewTableWidget
+        table.setRowCount(len(rows))
+        for r, cells in enumerate(PanelText.reviewTableCells(rows)):
+            for c, text in enumerate(cells):
+                item = qt.QTableWidgetItem(text)
+                item.setData(qt.Qt.UserRole, rows[r].segmentId)
+                table.setItem(r, c, item)
+        table.resizeColumnsToContents()
+
+    def onReviewRowDoubleClicked(self, row: int, column: int) -> None:
+        """Centre the slice views on the segment of that row."""
+        segmentation = self._resultSegmentation()
+        item = self.ui.reviewTableWidget.item(row, 0)
+        if segmentation is None or item is None:
+            return
+        center = segmentation.GetSegmentCenterRAS(item.data(qt.Qt.UserRole))
+        if center is not None:
+            slicer.modules.markups.logic().JumpSlicesToLocation(center[0], center[1], center[2], True)
 
 
 #
@@ -574,9 +635,20 @@ class UXNetSegmentTest(ScriptedLoadableModuleTest):
         result = widget._lastSegmentation
         self.assertIsNotNone(widget._lastUncertainty)
 
-        self.delayDisplay("Review segment from the uncertainty map")
+        self.delayDisplay("Review list, review segment and the live threshold")
+        table = widget.ui.reviewTableWidget
+        self.assertGreater(table.rowCount, 0, "the review list is empty after a run with uncertainty")
+        scores = [float(table.item(r, 1).text()) for r in range(table.rowCount)]
+        self.assertEqual(scores, sorted(scores, reverse=True))
         widget.ui.createReviewSegmentButton.click()
-        self.assertIsNotNone(result.GetSegmentation().GetSegment("UXNetSegment_review"))
+        review = result.GetSegmentation().GetSegment("UXNetSegment_review")
+        self.assertIsNotNone(review)
+        before = slicer.util.arrayFromSegmentBinaryLabelmap(result, "UXNetSegment_review", volume).sum()
+        widget.ui.uncertaintyThresholdSlider.value = 0.2
+        widget.onThresholdSettled()  # what the slider's timer calls once dragging pauses
+        after = slicer.util.arrayFromSegmentBinaryLabelmap(result, "UXNetSegment_review", volume).sum()
+        self.assertGreaterEqual(after, before, "a lower threshold must not shrink the review segment")
+        widget.onReviewRowDoubleClicked(0, 0)  # jumps the slice views to the least certain segment
         result.GetSegmentation().RemoveSegment("UXNetSegment_review")
 
         self.delayDisplay("Compare with a copy of the result")

@@ -12,7 +12,7 @@ Every measured run is its own subprocess so that the allocator settings match th
 
 The network is the official full-size 3D UX-Net (feat 48/96/192/384, hidden 768) with random
 weights (layer-scale gammas ~ U(0.5, 1.5) so that every block matters), and the input is a real
-CT resampled over its whole field of view to ``--size`` voxels. The recipe has no resampling and
+CT resampled over its whole field of view to ``--size`` voxels. The recipe (``--recipe native``) has no resampling and
 no foreground crop, so the sliding window runs on exactly ``--size`` voxels.
 
 Examples::
@@ -97,11 +97,21 @@ def make_weights(path: Path, classes: int, arch: dict, seed: int = 0) -> None:
     torch.save(net.state_dict(), str(path))
 
 
-def make_spec(path: Path, classes: int, overlap: float) -> None:
+def make_spec(path: Path, classes: int, overlap: float, spacing=None) -> None:
     spec = {"name": "benchmark", "modality": "CT", "labels": {str(i): f"class {i}" for i in range(1, classes)},
-            "spacing": None, "intensity_window": [-175, 250], "roi_size": [96, 96, 96], "overlap": overlap,
+            "spacing": spacing, "intensity_window": [-175, 250], "roi_size": [96, 96, 96], "overlap": overlap,
             "crop_foreground": False}
     path.write_text(json.dumps(spec))
+
+
+def recipe_spec(args, work: Path, image_path: Path, overlap: float) -> None:
+    """``spec.json`` for ``image_path``: no resampling (``--recipe native``: input voxels = processed voxels),
+    or resampling to a spacing 0.1% coarser (``resampled``: the grid keeps its size, but the results are
+    interpolated back as in the FLARE/AMOS recipes, so the top-k probability store is used)."""
+    spacing = None
+    if args.recipe == "resampled":
+        spacing = [round(s * 1.001, 6) for s in sitk.ReadImage(str(image_path)).GetSpacing()]
+    make_spec(work / "spec.json", args.classes, overlap, spacing)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -284,6 +294,7 @@ def timed_comparison(args, work: Path) -> dict:
     ct = read_ct(find_ct(args.ct))
     image_path = work / "ct.nrrd"
     sitk.WriteImage(resized_ct(ct, args.size), str(image_path))
+    recipe_spec(args, work, image_path, args.overlap)
     modes = args.modes.split(",")
     runs = {m: [] for m in modes}
     floors = []
@@ -387,6 +398,7 @@ def memory_runs(args, work: Path) -> dict:
         tag = "x".join(map(str, size))
         image_path = work / f"ct_{tag}.nrrd"
         sitk.WriteImage(resized_ct(ct, size), str(image_path))
+        recipe_spec(args, work, image_path, overlap)
         for mode in args.modes.split(","):
             if args.memory_skip and f"{mode} {tag}" in args.memory_skip.split(","):
                 continue
@@ -394,7 +406,7 @@ def memory_runs(args, work: Path) -> dict:
             r = run_worker(mode, work, image_path, overlap, f"mem_{mode}_{tag}", replay=args.replay)
             from UXNetSegmentLib.inference import count_windows
             n = count_windows(size, (96, 96, 96), overlap)
-            results[f"{mode} {tag}"] = {"peak_rss": r["peak_rss"], "rss_loaded": r["rss_loaded"],
+            results[f"{mode} {tag} {args.recipe}"] = {"peak_rss": r["peak_rss"], "rss_loaded": r["rss_loaded"],
                                         "windows": n, "real_calls": args.replay, "seconds": r["seconds"]}
             print(f"    peak RSS {gib(r['peak_rss'])} (after loading: {gib(r['rss_loaded'])}), "
                   f"{n} windows, the first {args.replay} network call(s) real", flush=True)
@@ -448,6 +460,8 @@ def main(argv=None) -> None:
     p.add_argument("--modes", default="plain,exact,fast")
     p.add_argument("--quick", action="store_true", help="small network, 96x96x64, one repeat: a smoke test")
     p.add_argument("--memory", action="store_true", help="peak RSS only, 256x256x160 and 512x512x300 at overlap 0.5")
+    p.add_argument("--recipe", default="native", choices=["native", "resampled"],
+                   help="native: no resampling (FeTA-like); resampled: interpolated back (FLARE/AMOS-like)")
     p.add_argument("--memory-sizes", default="", help="comma list, e.g. 256x256x160")
     p.add_argument("--memory-skip", default="", help="comma list of 'MODE SIZE' to skip, e.g. 'plain 512x512x300'")
     p.add_argument("--replay", type=int, default=1,
@@ -481,7 +495,6 @@ def main(argv=None) -> None:
     if args.quick:
         args.size, args.repeats = [96, 96, 64], 1
     make_weights(work / "weights.pth", args.classes, arch)
-    make_spec(work / "spec.json", args.classes, args.overlap)
     print(f"load average at start: {load_average()}; network {arch}; {args.classes} classes", flush=True)
     if args.memory:
         summary = {"memory": memory_runs(args, work)}

@@ -30,7 +30,6 @@ from UXNetSegmentLib.compare import (SegmentInfo, compare_files, compare_label_a
                                      mask_metrics, match_segments, read_label_set)
 from UXNetSegmentLib.errors import UXNetError  # noqa: E402
 
-torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings("ignore:.*always_return_as_numpy.*:FutureWarning")
 
 LITS_PACKAGE = "liver_ct_segmentation_package"  # pip install liver-ct-segmentation-package==1.6.0

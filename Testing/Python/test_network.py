@@ -7,6 +7,9 @@ import torch
 
 from engine_helpers import DATA, FIXTURE_WEIGHTS, tiny_network
 from UXNetSegmentLib.checkpoint import build_network, infer_config, load_network, read_state_dict
+from UXNetSegmentLib.cpu_layout import (ChannelsLastConv3d, ChannelsLastInstanceNorm3d, ChannelsLastUXBlock,
+                                        keep_channels_last, to_channels_last)
+from UXNetSegmentLib.devices import Predictor
 from UXNetSegmentLib.network import UXNet
 
 
@@ -17,6 +20,34 @@ def test_logits_match_official_code():
         out = net(torch.from_numpy(ref["input"])).numpy()
     assert out.shape == ref["logits"].shape
     assert np.abs(out - ref["logits"]).max() <= 1e-4
+
+
+def test_channels_last_network_matches_official_code_and_keeps_its_state_dict():
+    """The CPU exact path (NDHWC end to end) against the official logits, with the same bar."""
+    net = load_network(FIXTURE_WEIGHTS, num_classes=5)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    ref = np.load(DATA / "network_seed7.npz")
+    keep_channels_last(net)
+    kinds = {type(m) for m in net.modules()}
+    assert {ChannelsLastConv3d, ChannelsLastInstanceNorm3d, ChannelsLastUXBlock} <= kinds
+    x = torch.from_numpy(ref["input"])
+    with torch.no_grad():
+        out = net(to_channels_last(x))
+        plain_layout = net(x)  # a standard-layout input still gets the same function
+    assert out.stride(1) == 1  # the logits came out channels-last: no layer fell back to NCDHW at the end
+    assert np.abs(out.numpy() - ref["logits"]).max() <= 1e-4
+    assert np.abs(plain_layout.numpy() - ref["logits"]).max() <= 1e-4
+    after = net.state_dict()
+    assert list(after) == list(before) and all(torch.equal(after[k], before[k]) for k in before)
+    # the CPU predictor uses it by default, and UXNET_CHANNELS_LAST=0 switches it off
+    assert Predictor(load_network(FIXTURE_WEIGHTS, num_classes=5), torch.device("cpu"), compile=False).cpu_channels_last
+
+
+def test_channels_last_switch(monkeypatch):
+    monkeypatch.setenv("UXNET_CHANNELS_LAST", "0")
+    predictor = Predictor(tiny_network(), torch.device("cpu"), compile=False)
+    assert not predictor.cpu_channels_last
+    assert not any(isinstance(m, ChannelsLastInstanceNorm3d) for m in predictor.network.modules())
 
 
 def test_fixture_config_read_off_shapes():

@@ -111,7 +111,7 @@ def test_cli_end_to_end_with_json_progress(tmp_path, capsys):
     out = tmp_path / "seg.seg.nrrd"
     code = main(["segment", str(tmp_path / "ct.nii.gz"), "-o", str(out), "--weights", str(tmp_path / "tiny.pth"),
                  "--spec", str(tmp_path / "tiny.json"), "--progress", "json", "--uncertainty",
-                 str(tmp_path / "unc.nrrd"), "--device", "cpu"])
+                 str(tmp_path / "unc.nrrd"), "--device", "cpu", "--snapshot", str(tmp_path / "seg.png")])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     events = [json.loads(line) for line in captured.out.splitlines()]
@@ -120,6 +120,8 @@ def test_cli_end_to_end_with_json_progress(tmp_path, capsys):
     assert out.is_file() and (tmp_path / "unc.nrrd").is_file()
     unc = sitk.ReadImage(str(tmp_path / "unc.nrrd"))
     assert unc.GetSize() == image.GetSize()
+    # --snapshot with --uncertainty: the label montage and, beside it, the uncertainty heat montage
+    assert (tmp_path / "seg.png").stat().st_size > 10_000 and (tmp_path / "seg-uncertainty.png").stat().st_size > 10_000
 
 
 def test_models_command_lists_catalogue(capsys):

@@ -32,7 +32,9 @@ from UXNetSegmentSlicer.InstallLogic import (  # noqa: E402
 from UXNetSegmentSlicer.Parameters import SegmentationParameters  # noqa: E402
 from UXNetSegmentSlicer.ProcessRunner import LogLine, ProcessRunner, ProgressEvent, parseProgressLine  # noqa: E402
 from UXNetSegmentSlicer.SegmentationLogic import (  # noqa: E402
-    CHILD_ENVIRONMENT, REVIEW_SEGMENT_ID, SegmentationLogic, State, addReviewSegment, terminologyEntry)
+    CHILD_ENVIRONMENT, REVIEW_SEGMENT_ID, UNCERTAINTY_COLOR_NODE_IDS, UNCERTAINTY_HIDDEN_BELOW, SegmentationLogic,
+    State, addReviewSegment, terminologyEntry)
+from UXNetSegmentSlicer.CompareLogic import CompareLogic  # noqa: E402
 
 CHECKPOINT = REPO / "Testing" / "Data" / "uxnet_small_seed7.pth"
 SIZE_IJK = (40, 36, 24)
@@ -358,6 +360,29 @@ def test_uncertainty_volume_beside_the_input_on_its_grid(runs):
     assert sh.GetItemParent(sh.GetItemByDataNode(volume)) == sh.GetItemParent(sh.GetItemByDataNode(runs["rasVolume"]))
 
 
+def test_uncertainty_volume_is_shown_as_a_heat_overlay(runs):
+    display = runs["ras"].uncertaintyVolumeNode.GetDisplayNode()
+    # a heat colour map that exists in this scene (headless: the built-in Iron table)
+    assert display.GetColorNodeID() in UNCERTAINTY_COLOR_NODE_IDS
+    assert runs["scene"].GetNodeByID(display.GetColorNodeID()) is not None
+    assert not display.GetAutoWindowLevel() and (display.GetWindowLevelMin(), display.GetWindowLevelMax()) == (0, 1)
+    assert display.GetApplyThreshold() and not display.GetAutoThreshold()
+    assert display.GetLowerThreshold() == pytest.approx(UNCERTAINTY_HIDDEN_BELOW)
+
+
+def test_run_with_uncertainty_lists_segments_least_certain_first(runs):
+    node, uncertainty = runs["ras"].segmentationNode, runs["ras"].uncertaintyVolumeNode
+    rows = CompareLogic.reviewRows(node)
+    # the scores were stored as tags by the run itself; recompute them independently from the volume
+    fresh = CompareLogic(runs["scene"]).reviewScoresFromVolume(node, uncertainty, writeTags=False)
+    assert rows and {r.segmentId for r in rows} == set(fresh)  # empty segments get no score, no row
+    assert [r.score for r in rows] == sorted((r.score for r in rows), reverse=True)
+    for row in rows:
+        assert row.score == pytest.approx(fresh[row.segmentId].score, abs=5e-4)  # tags keep 3 decimals
+        assert row.share == pytest.approx(fresh[row.segmentId].share_above, abs=5e-4)
+        assert row.name == node.GetSegmentation().GetSegment(row.segmentId).GetName()
+
+
 def test_review_segment_marks_uncertain_voxels_and_keeps_the_others(runs):
     node, uncertainty = runs["ras"].segmentationNode, runs["ras"].uncertaintyVolumeNode
     segmentation = node.GetSegmentation()
@@ -375,6 +400,10 @@ def test_review_segment_marks_uncertain_voxels_and_keeps_the_others(runs):
         rounded = np.rint(index).astype(int)
         assert (values[rounded[:, 2], rounded[:, 1], rounded[:, 0]] > threshold).all()
         assert [len(segment_voxels_ras(node, s)) for s in modelIds] == before
+        # rescoring (the threshold slider does) never scores or lists the review segment itself
+        stats = CompareLogic(runs["scene"]).reviewScoresFromVolume(node, uncertainty, threshold)
+        assert REVIEW_SEGMENT_ID not in stats
+        assert REVIEW_SEGMENT_ID not in [r.segmentId for r in CompareLogic.reviewRows(node)]
     finally:
         segmentation.RemoveSegment(REVIEW_SEGMENT_ID)
     with pytest.raises(UXNetError, match="no uncertainty map"):
@@ -638,6 +667,10 @@ def test_panel_texts_from_the_catalogue():
     assert PanelText.weightsStatus(flare, "/some/where/my.pth") == "local file my.pth"
     assert PanelText.deviceText({"cuda": "NVIDIA H100 (80 GB)"}, True) == "GPU: NVIDIA H100 (80 GB)"
     assert "PyTorch" in PanelText.deviceText({}, False)
+    from UXNetSegmentSlicer.CompareLogic import ReviewRow
+
+    rows = [ReviewRow("Segment_2", "spleen", 0.41234, 0.125), ReviewRow("Segment_1", "liver", 0.05, None)]
+    assert PanelText.reviewTableCells(rows) == [["spleen", "0.412", "12.5 %"], ["liver", "0.050", "-"]]
 
 
 DEMO_WEIGHTS = REPO / "Resources" / "Weights" / "demo_brain.pth"

@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 
 from UXNetSegmentLib.errors import UXNetError
-from UXNetSegmentLib.snapshot import FILL_ALPHA, compose_panels, render_montage
+from UXNetSegmentLib.snapshot import FILL_ALPHA, HEAT_FLOOR, compose_panels, heat_rgba, render_montage
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "Resources" / "SampleData" / "colin27_t1_2mm.nrrd"
@@ -82,6 +82,34 @@ def test_fill_with_reference_outline_shows_both(chest, tmp_path):
     r, g, b = panels[..., 0], panels[..., 1], panels[..., 2]
     blended = (np.abs(r - g - FILL_ALPHA * 255) <= 2) & (np.abs(g - b) <= 1)  # grey*(1-a) + red*a
     assert int(blended.sum()) > 2000
+
+
+def test_heat_map_is_drawn_where_uncertain_and_clear_where_certain(chest, tmp_path):
+    ct, labels = chest
+    hu = sitk.GetArrayFromImage(ct)
+    heat = np.zeros(hu.shape, np.float32)
+    heat[:, 40:90, 40:90] = 1.0  # an "uncertain" block through every slice
+    heat_image = sitk.GetImageFromArray(heat)
+    heat_image.CopyInformation(ct)
+    plain = compose_panels(ct, labels)
+    hot = compose_panels(ct, labels, heat=heat_image)
+    changed = bright = total = 0
+    for row_a, row_b in zip(plain.panels, hot.panels):
+        for pa, pb in zip(row_a, row_b):
+            diff = np.abs(pa.rgb - pb.rgb).max(axis=-1) > 1e-6
+            changed += int(diff.sum())
+            total += diff.size
+            # where drawn, the pixel moved towards inferno's bright yellow: red and green above blue
+            moved = pb.rgb[diff]
+            bright += int(((moved[:, 0] > moved[:, 2]) & (moved[:, 1] > moved[:, 2])).sum())
+    assert 0 < changed < 0.5 * total  # only the uncertain part is coloured
+    assert bright > 0.7 * changed  # the rest: the block's interpolated edge, in inferno's darker colours
+    # the colour map: clear at and below the floor, opaque-ish and yellow at 1
+    rgba = heat_rgba(np.array([0.0, HEAT_FLOOR, 1.0, np.nan]))
+    assert rgba[0, 3] == rgba[1, 3] == rgba[3, 3] == 0.0 and rgba[2, 3] > 0.5
+    assert rgba[2, 0] > 0.9 and rgba[2, 1] > 0.9 and rgba[2, 2] < 0.8
+    path = render_montage(ct, tmp_path / "heat.png", labels=labels, heat=heat_image)
+    assert path.is_file()
 
 
 def test_orientation_does_not_depend_on_storage():

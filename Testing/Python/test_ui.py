@@ -20,6 +20,8 @@ from PySide6.QtWidgets import (  # noqa: E402
     QDoubleSpinBox,
     QGroupBox,
     QTableView,
+    QTableWidget,
+    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
@@ -29,6 +31,8 @@ from conftest_slicer import MODULE_DIR, REPO  # noqa: E402  (also puts UXNetSegm
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "UXNetSegment.ui"
 MODULE_FILE = MODULE_DIR / "UXNetSegment.py"
 SCREENSHOT = REPO / "docs" / "screenshot-panel.png"
+REVIEW_SCREENSHOT = REPO / "docs" / "screenshot-review.png"
+REVIEW_ROWS = REPO / "docs" / "review-scores.json"  # a real demo_brain run: tools/make_review_pictures.py
 
 
 class qMRMLWidget(QWidget):
@@ -94,6 +98,10 @@ def qapp():
 
 @pytest.fixture(scope="module")
 def panel(qapp):
+    return load_panel()
+
+
+def load_panel():
     loader = QUiLoader()
     for cls in STAND_INS:
         loader.registerCustomWidget(cls)
@@ -212,6 +220,43 @@ def test_screenshot_of_the_panel(panel):
     rendered = image.toImage()
     colours = {rendered.pixel(x, y) for x in range(0, rendered.width(), 7) for y in range(0, rendered.height(), 7)}
     assert len(colours) > 10
+
+
+def test_review_list_screenshot(qapp):
+    """The Uncertainty / review section as the widget fills it after a run (rows of a real demo run)."""
+    import json
+
+    from UXNetSegmentSlicer import PanelText
+    from UXNetSegmentSlicer.CompareLogic import ReviewRow
+
+    panel = load_panel()  # its own copy: the panel screenshot reparents the shared one
+    section = panel.findChild(QtCore.QObject, "uncertaintyCollapsibleButton")
+    section.collapsed = False
+    section.applyCollapsed()
+    section.setFlat(False)
+    section.setMaximumHeight(16777215)
+    table = panel.findChild(QtCore.QObject, "reviewTableWidget")
+    assert isinstance(table, QTableWidget) and table.columnCount() == 3
+    assert [table.horizontalHeaderItem(c).text() for c in range(3)] == ["Segment", "Review score", "Above threshold"]
+    rows = [ReviewRow(f"Segment_{i}", r["name"], r["score"], r["share"])
+            for i, r in enumerate(json.loads(REVIEW_ROWS.read_text()))]
+    cells = PanelText.reviewTableCells(rows)
+    table.setRowCount(len(cells))
+    for r, line in enumerate(cells):
+        for c, text in enumerate(line):
+            table.setItem(r, c, QTableWidgetItem(text))
+    table.resizeColumnsToContents()
+    assert table.item(0, 1).text() == f"{max(row.score for row in rows):.3f}"  # least certain first
+    panel.findChild(QtCore.QObject, "uncertaintyCheckBox").setChecked(True)
+    host = QWidget()
+    layout = QVBoxLayout(host)
+    layout.setContentsMargins(6, 6, 6, 6)
+    section.setParent(host)
+    layout.addWidget(section)
+    host.resize(440, host.sizeHint().height())
+    image = host.grab()
+    assert image.width() >= 400 and image.height() >= 150, (image.width(), image.height())
+    assert image.save(str(REVIEW_SCREENSHOT), "PNG")
 
 
 def test_ui_file_is_designer_valid_xml():

@@ -98,6 +98,12 @@ def segment_image(image: sitk.Image, spec: ModelSpec, weights=None, network: Opt
     return SegmentResult(to_image(raw.labels, image), unc, spec, str(used), time.perf_counter() - start)
 
 
+def uncertainty_snapshot_path(snapshot_path) -> Path:
+    """Where ``--snapshot X.png`` puts the uncertainty montage when ``--uncertainty`` is asked too: ``X-uncertainty.png``."""
+    path = Path(snapshot_path)
+    return path.with_name(f"{path.stem}-uncertainty{path.suffix or '.png'}")
+
+
 def segment_file(input_path, output_path, model: Optional[str] = None, weights=None, spec=None,
                  device: str = "auto", overlap: Optional[float] = None, fast: bool = False,
                  uncertainty_path=None, tta: bool = False, snapshot_path=None,
@@ -124,7 +130,10 @@ def segment_file(input_path, output_path, model: Optional[str] = None, weights=N
     if snapshot_path:
         from .snapshot import render_montage
         info = {v: (lab.name, lab.color) for v, lab in model_spec.labels.items()}
-        render_montage(image, snapshot_path, labels=result.labels, label_info=info,
-                       title=f"{model_spec.title or model_spec.name}: {Path(input_path).name}")
+        title = f"{model_spec.title or model_spec.name}: {Path(input_path).name}"
+        render_montage(image, snapshot_path, labels=result.labels, label_info=info, title=title)
+        if result.uncertainty is not None:
+            render_montage(image, uncertainty_snapshot_path(snapshot_path), heat=result.uncertainty,
+                           title=f"{title}, uncertainty")
     report(progress, "write", 1.0, f"done in {result.seconds:.1f} s on {result.device}")
     return result

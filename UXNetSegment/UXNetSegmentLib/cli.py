@@ -23,7 +23,8 @@ def _add_segment(sub) -> None:
     p.add_argument("--fast", action="store_true", help="reduced precision (bf16/fp16): faster, not bit-exact")
     p.add_argument("--uncertainty", metavar="FILE", help="also write a per-voxel uncertainty volume")
     p.add_argument("--tta", action="store_true", help="test-time augmentation with flips")
-    p.add_argument("--snapshot", metavar="FILE.png", help="also render an overlay montage PNG")
+    p.add_argument("--snapshot", metavar="FILE.png",
+                   help="also render an overlay montage PNG (with --uncertainty also X-uncertainty.png, a heat map)")
     p.add_argument("--progress", default="bar", choices=["bar", "json", "none"])
     p.set_defaults(func=_run_segment)
 

@@ -7,6 +7,7 @@ from typing import Callable, List, Optional, Tuple
 import torch
 
 from .compile import ENV_SWITCH, CompiledNetwork, compile_enabled, compiled_for
+from .cpu_layout import keep_channels_last, to_channels_last
 from .errors import UXNetError
 from .progress import ProgressCallback, report
 
@@ -16,6 +17,7 @@ AUTO_COMPILE_MIN_PARAMS = 5_000_000
 # CPUs whose compiled (frozen, oneDNN-prepacked) UX-Net was measured faster than eager: x1.39 on an
 # AVX-512 EPYC. On an AVX2-only EPYC the compiled window was slower (BENCHMARKS.md), so it stays eager.
 AUTO_COMPILE_CPU_CAPABILITIES = ("AVX512",)
+CHANNELS_LAST_SWITCH = "UXNET_CHANNELS_LAST"
 
 
 def cpu_capability() -> str:
@@ -41,6 +43,11 @@ def tune_allocator() -> bool:
 def child_environment() -> dict:
     """Environment variables a child process should get for the same allocator behaviour."""
     return {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647", "PYTHONUNBUFFERED": "1"}
+
+
+def cpu_channels_last_enabled() -> bool:
+    """Channels-last eager CPU inference (default on; ``UXNET_CHANNELS_LAST=0`` turns it off)."""
+    return os.environ.get(CHANNELS_LAST_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -137,6 +144,11 @@ class Predictor:
             if self.compiled.failed is not None:
                 self._warn_eager(self.compiled.failed)
                 self.compiled = None
+        # Eager CPU: windows travel channels-last through the network (same fp32 arithmetic, fewer reorders).
+        self.cpu_channels_last = (device.type == "cpu" and self.dtype is None and self.compiled is None
+                                  and cpu_channels_last_enabled())
+        if self.cpu_channels_last:
+            keep_channels_last(self.network)
 
     @property
     def compiling(self) -> bool:
@@ -155,6 +167,8 @@ class Predictor:
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         compiled = self.compiled
+        if self.cpu_channels_last:
+            return self._run(self.network, to_channels_last(x))
         if compiled is not None and compiled.usable(tuple(x.shape)):
             if compiled.is_built(tuple(x.shape)):
                 return self._run(compiled.forward, x)

@@ -15,6 +15,7 @@ from .progress import CancelToken, ProgressCallback, report
 
 # Receives (x0, averaged logits (C, n, Y, Z)) for rows x0 .. x0 + n of the first axis.
 SlabCallback = Callable[[int, torch.Tensor], None]
+ROWS_PER_CALL = 8  # finished rows handed to the callback at a time (bounds the temporaries)
 
 
 def scan_interval(shape: Sequence[int], roi: Sequence[int], overlap: float) -> Tuple[int, ...]:
@@ -76,12 +77,15 @@ def sliding_window_stream(image: torch.Tensor, roi: Sequence[int], overlap: floa
         x_next = starts[g + 1] if g + 1 < len(starts) else padded[0]
         rows = x_next - x_start
         lo, hi = max(x_start, pads[0][0]), min(x_next, pads[0][0] + shape[0])
-        if hi > lo:
-            sl = slice(lo - x_start, hi - x_start)
-            slab = acc[:, sl] / count[:, sl]
-            on_slab(lo - pads[0][0], slab[(slice(None), slice(None)) + crop_yz])
-        if rows < depth:  # shift the unfinished rows to the front, in place
-            acc[:, :depth - rows] = acc[:, rows:].clone()
-            count[:, :depth - rows] = count[:, rows:].clone()
+        # Hand the finished rows over a few at a time, so the temporaries (division, softmax, top-k)
+        # stay small; the values are the same as dividing the whole slab at once.
+        for a in range(lo, hi, ROWS_PER_CALL):
+            b = min(a + ROWS_PER_CALL, hi)
+            part = (slice(None), slice(a - x_start, b - x_start)) + crop_yz
+            on_slab(a - pads[0][0], acc[part] / count[part])
+        # Shift the unfinished rows to the front, row by row (no full-slab temporary copy).
+        for r in range(max(depth - rows, 0)):
+            acc[:, r].copy_(acc[:, r + rows])
+            count[:, r].copy_(count[:, r + rows])
         acc[:, max(depth - rows, 0):] = 0
         count[:, max(depth - rows, 0):] = 0

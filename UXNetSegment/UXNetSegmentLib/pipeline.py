@@ -80,14 +80,15 @@ def run_recipe(image: sitk.Image, spec: ModelSpec, predictor: Callable[[torch.Te
     pre = preprocess(image, spec)
     n = count_windows(pre.image.shape[1:], spec.roi_size, overlap)
     report(progress, "preprocess", 1.0, f"grid {'x'.join(map(str, pre.image.shape[1:]))}, {n} windows")
-    store = SlabStore(pre.image.shape[1:], spec.num_classes, uncertainty)
+    grid = GridMap(image, pre.grid_affine, pre.grid_shape, pre.crop_start, pre.image.shape[1:])
+    # Where the input's voxels are the processed voxels (no resampling), keep only the final labels.
+    store = SlabStore(pre.image.shape[1:], spec.num_classes, uncertainty, labels_only=grid.voxel_aligned())
     with torch.no_grad():
         sliding_window_stream(pre.image, spec.roi_size, overlap, predictor, spec.num_classes, store,
                               batch_size=batch_size, progress=progress, cancel=cancel)
     if cancel is not None:
         cancel.check()
     report(progress, "postprocess", 0.0, "back to the input grid")
-    grid = GridMap(image, pre.grid_affine, pre.grid_shape, pre.crop_start, pre.image.shape[1:])
     labels, unc = invert_labels(grid, store.index, store.prob, spec.num_classes, store.uncertainty)
     report(progress, "postprocess", 1.0, "done")
     return RawResult(labels, unc)

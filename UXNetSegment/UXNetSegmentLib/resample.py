@@ -34,6 +34,22 @@ class GridMap:
         self.crop_start = np.asarray(crop_start)
         self.crop_shape = np.asarray(crop_shape)
 
+    def voxel_aligned(self, tol: float = 1e-4) -> bool:
+        """True when every input voxel centre is a processed-grid voxel centre (axes permuted or flipped,
+        same spacing, whole-voxel shift) and all of them lie inside the grid: then no interpolation is needed."""
+        m = self.to_grid[:3, :3]
+        rounded = np.rint(m)
+        if not np.allclose(m, rounded, atol=tol) or not np.allclose(np.abs(rounded).sum(0), 1):
+            return False
+        if not np.allclose(np.abs(rounded).sum(1), 1):
+            return False
+        shift = self.to_grid[:3, 3]
+        if not np.allclose(shift, np.rint(shift), atol=tol):
+            return False
+        corners = np.array(np.meshgrid(*[[0, s - 1] for s in self.size], indexing="ij")).reshape(3, -1).T
+        grid = corners @ m.T + shift
+        return bool(np.all(grid > -tol) and np.all(grid < self.grid_shape - 1 + tol))
+
     def chunks(self):
         """Yield (k-slice range, continuous crop-relative coordinates (n, 3)) in (k, j, i) voxel order."""
         ni, nj, nk = self.size
@@ -70,15 +86,27 @@ def invert_labels(grid: GridMap, index: torch.Tensor, prob: torch.Tensor, num_cl
                   uncertainty: Optional[torch.Tensor] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """Labels ``(K, J, I)`` uint8 on the input grid (and uncertainty float32 if given).
 
-    ``index``/``prob``: top-k classes and probabilities ``(k, X, Y, Z)`` on the cropped grid.
+    ``index``/``prob``: top-k classes and probabilities ``(k, X, Y, Z)`` on the cropped grid; ``prob`` None:
+    ``index`` holds the final label (k = 1) and ``grid`` is voxel-aligned (:meth:`GridMap.voxel_aligned`).
     """
     k = index.shape[0]
     flat_i = index.reshape(k, -1)
-    flat_p = prob.reshape(k, -1)
     flat_u = uncertainty.reshape(-1) if uncertainty is not None else None
     ni, nj, nk = grid.size
     labels = np.zeros((nk, nj, ni), dtype=np.uint8)
     unc = np.zeros((nk, nj, ni), dtype=np.float32) if uncertainty is not None else None
+    if prob is None:  # voxel-aligned grids: every input voxel is one processed voxel, labels already final
+        for k0, nks, coords in grid.chunks():
+            c = np.rint(coords).astype(np.int64)
+            inside = np.all((c >= 0) & (c < grid.crop_shape), axis=1)
+            flat = torch.from_numpy(np.ravel_multi_index(tuple(np.clip(c, 0, grid.crop_shape - 1).T),
+                                                         tuple(grid.crop_shape)))
+            keep = torch.from_numpy(inside)
+            labels[k0:k0 + nks] = torch.where(keep, flat_i[0][flat], 0).numpy().reshape(nks, nj, ni)
+            if unc is not None:
+                unc[k0:k0 + nks] = torch.where(keep, flat_u[flat], 0.0).numpy().reshape(nks, nj, ni)
+        return labels, unc
+    flat_p = prob.reshape(k, -1)
     for k0, nks, coords in grid.chunks():
         idx, w = grid.corners(coords)
         valid = torch.from_numpy(idx >= 0)

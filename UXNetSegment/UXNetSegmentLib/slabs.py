@@ -14,15 +14,20 @@ TOP_K = 8
 
 
 class SlabStore:
-    """Accumulates softmax summaries over a processed grid of shape ``(X, Y, Z)``."""
+    """Accumulates softmax summaries over a processed grid of shape ``(X, Y, Z)``.
+
+    With ``labels_only`` (the input's voxels are exactly the processed grid's voxels, so no
+    interpolation follows) only the argmax class is kept: 1 byte per voxel, and ``prob`` is None.
+    """
 
     def __init__(self, shape: Sequence[int], num_classes: int, uncertainty: Optional[str] = None,
-                 top_k: int = TOP_K):
+                 top_k: int = TOP_K, labels_only: bool = False):
         self.shape = tuple(int(s) for s in shape)
         self.num_classes = num_classes
-        self.k = min(top_k, num_classes)
+        self.labels_only = labels_only
+        self.k = 1 if labels_only else min(top_k, num_classes)
         self.index = torch.zeros((self.k,) + self.shape, dtype=torch.uint8)
-        self.prob = torch.zeros((self.k,) + self.shape, dtype=torch.float32)
+        self.prob = None if labels_only else torch.zeros((self.k,) + self.shape, dtype=torch.float32)
         self.uncertainty_kind = uncertainty
         self.uncertainty = torch.zeros(self.shape, dtype=torch.float32) if uncertainty else None
 
@@ -30,14 +35,17 @@ class SlabStore:
         """Store rows ``x0 .. x0 + n`` from blended logits ``(C, n, Y, Z)``."""
         prob = torch.softmax(logits, dim=0)
         n = prob.shape[1]
+        if self.uncertainty is not None:
+            self.uncertainty[x0:x0 + n] = uncertainty_from_prob(prob, self.uncertainty_kind)
+        if self.labels_only:  # argmax of the probabilities, as the plain recipe takes it
+            self.index[0, x0:x0 + n] = prob.argmax(0).to(torch.uint8)
+            return
         if self.k == self.num_classes:
             top_p, top_i = prob, torch.arange(self.k).view(-1, 1, 1, 1).expand_as(prob)
         else:
             top_p, top_i = torch.topk(prob, self.k, dim=0)
         self.index[:, x0:x0 + n] = top_i.to(torch.uint8)
         self.prob[:, x0:x0 + n] = top_p
-        if self.uncertainty is not None:
-            self.uncertainty[x0:x0 + n] = uncertainty_from_prob(prob, self.uncertainty_kind)
 
 
 def uncertainty_from_prob(prob: torch.Tensor, kind: str = "entropy") -> torch.Tensor:

@@ -6,7 +6,8 @@ spacing (so oblique or anisotropic scans look anatomically right), then shown in
 convention: patient right on the image left (axial, coronal), anterior on the left (sagittal),
 superior at the top. Labels are drawn as 1-pixel coloured outlines; when ``outline_labels`` is also
 given, ``labels`` is drawn as a semi-transparent fill and ``outline_labels`` as outlines (prediction
-vs. reference). Uses matplotlib's Agg canvas directly, so it never touches pyplot or a GUI backend.
+vs. reference). A ``heat`` volume in [0, 1] (the uncertainty map) is drawn under the outlines in the
+inferno colour map, transparent where it is near 0. Uses matplotlib's Agg canvas directly, so it never touches pyplot or a GUI backend.
 """
 import os
 from dataclasses import dataclass
@@ -21,6 +22,11 @@ from .errors import UXNetError
 LabelInfo = Dict[int, Tuple[str, Tuple[int, int, int]]]
 
 FILL_ALPHA = 0.45
+HEAT_FLOOR = 0.05      # heat values at or below this are not drawn
+HEAT_OPAQUE = 0.5      # from this value on, the heat is drawn at HEAT_MAX_ALPHA
+HEAT_MAX_ALPHA = 0.9
+HEAT_COLORMAP = "inferno"
+HEAT_COLOURS = (0.45, 1.0)  # the part of the colour map used: dark red (low) ... bright yellow (1)
 MAX_DISPLAY_VOXELS = 320  # longest side of the display grid, in voxels
 _PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
             (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255)]
@@ -99,10 +105,27 @@ def _grey_to_rgb(plane: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=2)
 
 
+def heat_rgba(values: np.ndarray) -> np.ndarray:
+    """``(..., 4)`` colours: red to yellow (inferno's bright part), opacity from 0 at ``HEAT_FLOOR`` up to
+    ``HEAT_MAX_ALPHA`` at ``HEAT_OPAQUE`` and above."""
+    from matplotlib import colormaps
+
+    v = np.clip(np.nan_to_num(values, nan=0.0), 0.0, 1.0)
+    lo, hi = HEAT_COLOURS
+    rgba = colormaps[HEAT_COLORMAP](lo + (hi - lo) * v)
+    rgba[..., 3] = np.clip((v - HEAT_FLOOR) / (HEAT_OPAQUE - HEAT_FLOOR), 0.0, 1.0) * HEAT_MAX_ALPHA
+    return rgba
+
+
 def _compose(grey: np.ndarray, lo: float, hi: float, labels: Optional[np.ndarray],
-             outlines: Optional[np.ndarray], info: LabelInfo, fill: bool) -> np.ndarray:
-    """RGB float image ``(rows, cols, 3)`` of one slice with fills and outlines."""
+             outlines: Optional[np.ndarray], info: LabelInfo, fill: bool,
+             heat: Optional[np.ndarray] = None) -> np.ndarray:
+    """RGB float image ``(rows, cols, 3)`` of one slice with the heat map, fills and outlines."""
     rgb = _grey_to_rgb(grey, lo, hi)
+    if heat is not None:
+        rgba = heat_rgba(heat)
+        alpha = rgba[..., 3:]
+        rgb = (1 - alpha) * rgb + alpha * rgba[..., :3]
     for value, (_, colour) in info.items():
         c = np.array(colour, dtype=float) / 255.0
         if labels is not None and fill:
@@ -141,7 +164,7 @@ class Montage:
 
 def compose_panels(volume: sitk.Image, labels: Optional[sitk.Image] = None,
                    label_info: Optional[LabelInfo] = None, outline_labels: Optional[sitk.Image] = None,
-                   slices_per_view: int = 3) -> Montage:
+                   slices_per_view: int = 3, heat: Optional[sitk.Image] = None) -> Montage:
     """The montage's slices as RGB arrays (see :func:`render_montage` for the arguments)."""
     if volume.GetDimension() != 3:
         raise UXNetError(f"snapshot: the volume is {volume.GetDimension()}D; give a 3D volume")
@@ -149,11 +172,13 @@ def compose_panels(volume: sitk.Image, labels: Optional[sitk.Image] = None,
         volume = sitk.VectorMagnitude(volume)
     _check_same_space(volume, labels, "labels")
     _check_same_space(volume, outline_labels, "outline labels")
+    _check_same_space(volume, heat, "uncertainty map")
 
     grid = _display_grid(volume)
     grey = _resample(volume, grid, nearest=False)
     lab = _resample(labels, grid, nearest=True) if labels is not None else None
     out = _resample(outline_labels, grid, nearest=True) if outline_labels is not None else None
+    hot = _resample(heat, grid, nearest=False) if heat is not None else None
     present = set()
     for a in (lab, out):
         if a is not None:
@@ -165,6 +190,8 @@ def compose_panels(volume: sitk.Image, labels: Optional[sitk.Image] = None,
     for a in (lab, out):
         if a is not None:
             focus |= a > 0
+    if hot is not None and lab is None and out is None:
+        focus |= hot > HEAT_OPAQUE  # a heat-only montage cuts through the least certain parts
     if not focus.any():
         focus = grey > np.percentile(grey, 50) if np.ptp(grey) > 0 else np.ones(grey.shape, dtype=bool)
     box = _crop_box(focus, grey.shape)
@@ -180,8 +207,8 @@ def compose_panels(volume: sitk.Image, labels: Optional[sitk.Image] = None,
             crop = list(box)
             crop[axis] = slice(index, index + 1)
             sub = tuple(crop)
-            planes = [_views(a[sub], axis, 0) if a is not None else None for a in (grey, lab, out)]
-            rgb = _compose(planes[0], lo, hi, planes[1], planes[2], info, fill=out is not None)
+            planes = [_views(a[sub], axis, 0) if a is not None else None for a in (grey, lab, out, hot)]
+            rgb = _compose(planes[0], lo, hi, planes[1], planes[2], info, fill=out is not None, heat=planes[3])
             row.append(Panel(names[axis], index, grey.shape[axis], rgb))
         rows.append(row)
     return Montage(rows, info, sorted(present), float(grid.GetSpacing()[0]))
@@ -189,7 +216,7 @@ def compose_panels(volume: sitk.Image, labels: Optional[sitk.Image] = None,
 
 def render_montage(volume: sitk.Image, path, labels: Optional[sitk.Image] = None,
                    label_info: Optional[LabelInfo] = None, outline_labels: Optional[sitk.Image] = None,
-                   title: str = "", slices_per_view: int = 3) -> Path:
+                   title: str = "", slices_per_view: int = 3, heat: Optional[sitk.Image] = None) -> Path:
     """Write a PNG montage of ``volume`` with ``labels`` overlaid and return its path.
 
     Args:
@@ -202,11 +229,13 @@ def render_montage(volume: sitk.Image, path, labels: Optional[sitk.Image] = None
         outline_labels: a second label image drawn as outlines over the fill (e.g. the reference).
         title: figure title.
         slices_per_view: slices per anatomical view (rows: axial, coronal, sagittal).
+        heat: a scalar image in [0, 1] in the same physical space (the uncertainty map), drawn under the
+            labels in the inferno colour map, with a colour bar.
     """
     path = Path(path)
     if not path.parent.is_dir():
         raise UXNetError(f"snapshot: folder {path.parent} does not exist; create it or choose another path")
-    montage = compose_panels(volume, labels, label_info, outline_labels, slices_per_view)
+    montage = compose_panels(volume, labels, label_info, outline_labels, slices_per_view, heat)
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -235,6 +264,9 @@ def render_montage(volume: sitk.Image, path, labels: Optional[sitk.Image] = None
     handles = [Patch(facecolor=np.array(info[v][1]) / 255.0, edgecolor="white", label=info[v][0]) for v in shown]
     if outline_labels is not None:
         handles.append(Patch(facecolor="none", edgecolor="none", label="fill: labels, outline: reference"))
+    if heat is not None:
+        for value, text in ((0.15, "uncertainty 0.15"), (0.5, "0.5"), (1.0, "1 (undecided)")):
+            handles.append(Patch(facecolor=heat_rgba(np.array([value]))[0, :3], edgecolor="none", label=text))
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=9, frameon=False,
                    labelcolor="white", bbox_to_anchor=(0.5, 0.0))

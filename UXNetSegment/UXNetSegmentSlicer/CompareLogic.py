@@ -26,6 +26,7 @@ from UXNetSegmentLib.review import DEFAULT_THRESHOLD, ReviewStats, review_stats
 
 REVIEW_SCORE_TAG = "UXNetSegment.ReviewScore"
 REVIEW_SHARE_TAG = "UXNetSegment.ReviewShare"
+REVIEW_SEGMENT_ID = "UXNetSegment_review"  # the "needs review" segment: never scored itself
 
 # (column title, ComparisonRow attribute); the first two are text, the rest numbers.
 TABLE_COLUMNS: List[Tuple[str, str]] = [
@@ -33,6 +34,16 @@ TABLE_COLUMNS: List[Tuple[str, str]] = [
     ("MSD mm", "msd_mm"), ("volume pred ml", "volume_pred_ml"), ("volume ref ml", "volume_ref_ml"),
     ("rel. volume diff", "rel_volume_diff"), ("reference segment", "reference_segment"), ("status", "status")]
 TEXT_COLUMNS = {"segment", "matched_by", "reference_segment", "status"}
+
+
+@dataclass
+class ReviewRow:
+    """One line of the panel's review list."""
+
+    segmentId: str
+    name: str
+    score: float                 # mean uncertainty on the boundary (0 certain ... 1 undecided)
+    share: Optional[float]       # share of the segment's voxels above the threshold
 
 
 @dataclass
@@ -50,6 +61,16 @@ def _segmentTerminology(segment) -> str:
         return segment.GetTerminology() or ""
     value = vtk.reference("")  # Slicer < 5.8
     return str(value) if segment.GetTag(segment.GetTerminologyEntryTagName(), value) else ""
+
+
+def _floatTag(segment, tag: str) -> Optional[float]:
+    value = vtk.reference("")
+    if not segment.GetTag(tag, value):
+        return None
+    try:
+        return float(str(value))
+    except ValueError:
+        return None
 
 
 def _segmentIds(segmentation) -> List[str]:
@@ -280,13 +301,26 @@ class CompareLogic:
     @staticmethod
     def reviewScore(segment) -> Optional[float]:
         """A segment's stored review score, or None."""
-        value = vtk.reference("")
-        if not segment.GetTag(REVIEW_SCORE_TAG, value):
-            return None
-        try:
-            return float(str(value))
-        except ValueError:
-            return None
+        return _floatTag(segment, REVIEW_SCORE_TAG)
+
+    @staticmethod
+    def reviewShare(segment) -> Optional[float]:
+        """A segment's stored share of voxels above the review threshold, or None."""
+        return _floatTag(segment, REVIEW_SHARE_TAG)
+
+    @classmethod
+    def reviewRows(cls, segmentationNode) -> List[ReviewRow]:
+        """The scored segments, least certain first: what the panel's review list shows."""
+        if segmentationNode is None:
+            return []
+        segmentation = segmentationNode.GetSegmentation()
+        rows = []
+        for segmentId in cls.segmentsForReview(segmentationNode):
+            segment = segmentation.GetSegment(segmentId)
+            score = cls.reviewScore(segment)
+            if score is not None:
+                rows.append(ReviewRow(segmentId, segment.GetName(), score, cls.reviewShare(segment)))
+        return rows
 
     @classmethod
     def segmentsForReview(cls, segmentationNode) -> List[str]:
@@ -306,7 +340,7 @@ class CompareLogic:
         layers, segments = self.labelLayers(segmentationNode, uncertaintyVolumeNode)
         result: Dict[str, ReviewStats] = {}
         for layerIndex, labels in enumerate(layers):
-            inLayer = [s for s in segments if s.layer == layerIndex]
+            inLayer = [s for s in segments if s.layer == layerIndex and s.segment_id != REVIEW_SEGMENT_ID]
             stats = review_stats(labels, uncertainty, [s.value for s in inLayer], threshold)
             for s in inLayer:
                 if s.value in stats:

@@ -1,7 +1,7 @@
 """The words the panel shows: model summary, weights state, progress and device lines (no Qt here)."""
 import html
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 from UXNetSegmentLib.catalogue import ModelSpec
 
@@ -64,3 +64,8 @@ def deviceText(gpus: Dict[str, str], torchPresent: bool) -> str:
 def resultSummary(segmentName: str, seconds: float, uncertaintyName: Optional[str] = None) -> str:
     extra = f" and '{uncertaintyName}'" if uncertaintyName else ""
     return f"Done in {seconds:.1f} s: result in '{segmentName}'{extra}."
+
+
+def reviewTableCells(rows) -> List[List[str]]:
+    """The review list's cells for :class:`CompareLogic.ReviewRow` rows: name, score, share above threshold."""
+    return [[row.name, f"{row.score:.3f}", "-" if row.share is None else f"{100 * row.share:.1f} %"] for row in rows]

@@ -23,6 +23,7 @@ class SegmentationParameters:
     fast: bool = False
     tta: bool = False
     uncertainty: bool = False
+    reviewThreshold: float = 0.5  # review share: voxels above this uncertainty (with ``uncertainty``)
     show3D: bool = True
 
     def isValid(self) -> Tuple[bool, str]:

@@ -28,6 +28,7 @@ from UXNetSegmentLib.catalogue import Label, ModelSpec, get_model, load_spec, re
 from UXNetSegmentLib.errors import Cancelled, UXNetError
 from UXNetSegmentLib.imageio import terminology as engineTerminology
 
+from .CompareLogic import REVIEW_SEGMENT_ID, CompareLogic
 from .InstallLogic import DEVICE_QUERY_SCRIPT
 from .Parameters import SegmentationParameters
 from .ProcessRunner import LogLine, ProcessRunner, ProgressEvent
@@ -362,6 +363,8 @@ class SegmentationLogic:
             uncertainty = None
             if parameters.uncertainty:
                 uncertainty = self.loadUncertainty(workDir / "uncertainty.nrrd", inputVolume, node.GetName(), added)
+                # review scores as segment tags, so the panel lists the least certain segment first
+                CompareLogic(self.scene).reviewScoresFromVolume(node, uncertainty, parameters.reviewThreshold)
         except BaseException:
             for addedNode in added:
                 self.scene.RemoveNode(addedNode)
@@ -443,16 +446,40 @@ class SegmentationLogic:
                              "again without 'Output uncertainty'")
         volume = readScalarVolume(path, self.scene.GenerateUniqueName(f"{baseName} uncertainty"))
         self.addBeside(volume, inputVolume, added)
+        styleUncertaintyDisplay(volume)
         return volume
+
+
+# Heat colour maps for the uncertainty overlay, best first (the first two ship with Slicer's Colors module,
+# the last is built in and also present headless).
+UNCERTAINTY_COLOR_NODE_IDS = ("vtkMRMLColorTableNodeFileInferno.txt", "vtkMRMLColorTableNodeFileMagma.txt",
+                              "vtkMRMLColorTableNodeIron")
+UNCERTAINTY_HIDDEN_BELOW = 0.05  # near-certain voxels are transparent in the overlay
+
+
+def styleUncertaintyDisplay(volumeNode) -> None:
+    """Show an uncertainty volume as a heat overlay: fixed 0..1 window, heat colours, certain voxels clear."""
+    display = volumeNode.GetDisplayNode()
+    if display is None:
+        volumeNode.CreateDefaultDisplayNodes()
+        display = volumeNode.GetDisplayNode()
+    scene = volumeNode.GetScene()
+    for colorId in UNCERTAINTY_COLOR_NODE_IDS:
+        if scene is not None and scene.GetNodeByID(colorId) is not None:
+            display.SetAndObserveColorNodeID(colorId)
+            break
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(0.0, 1.0)
+    display.AutoThresholdOff()
+    display.SetApplyThreshold(True)
+    display.SetLowerThreshold(UNCERTAINTY_HIDDEN_BELOW)
+    display.SetUpperThreshold(1.0)
 
 
 def followTransform(node, inputVolume) -> None:
     """Put ``node`` under the same parent transform as ``inputVolume`` (or none)."""
     transform = inputVolume.GetParentTransformNode()
     node.SetAndObserveTransformNodeID(transform.GetID() if transform else None)
-
-
-REVIEW_SEGMENT_ID = "UXNetSegment_review"
 
 
 def addReviewSegment(segmentationNode, uncertaintyVolumeNode, threshold: float) -> str:
