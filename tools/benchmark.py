@@ -106,11 +106,12 @@ def make_spec(path: Path, classes: int, overlap: float, spacing=None) -> None:
 
 def recipe_spec(args, work: Path, image_path: Path, overlap: float) -> None:
     """``spec.json`` for ``image_path``: no resampling (``--recipe native``: input voxels = processed voxels),
-    or resampling to a spacing 0.1% coarser (``resampled``: the grid keeps its size, but the results are
+    or resampling to a spacing 1% coarser (``resampled``: the grid keeps nearly its size (MONAI treats grids
+    within 0.1% as equal and would not resample), the results are
     interpolated back as in the FLARE/AMOS recipes, so the top-k probability store is used)."""
     spacing = None
     if args.recipe == "resampled":
-        spacing = [round(s * 1.001, 6) for s in sitk.ReadImage(str(image_path)).GetSpacing()]
+        spacing = [round(s * 1.01, 6) for s in sitk.ReadImage(str(image_path)).GetSpacing()]
     make_spec(work / "spec.json", args.classes, overlap, spacing)
 
 

@@ -130,3 +130,71 @@ def test_kept_memory_does_not_grow_with_class_count():
     assert torch.allclose(store.prob[0], full.max(0).values)
     entropy = -(full * full.log()).sum(0) / np.log(40)
     assert torch.allclose(store.uncertainty, entropy, atol=1e-5)
+
+
+def _linear_predictor(classes: int, seed: int = 0):
+    """Logits a_c * intensity + b_c: cheap, deterministic, and different for every class."""
+    g = torch.Generator().manual_seed(seed)
+    a, b = torch.randn(classes, generator=g) * 8, torch.randn(classes, generator=g)
+    return lambda w: a.view(1, -1, 1, 1, 1) * w + b.view(1, -1, 1, 1, 1)
+
+
+def _captured_store(monkeypatch):
+    import UXNetSegmentLib.pipeline as pipeline
+    made = []
+
+    class Capturing(pipeline.SlabStore):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(pipeline, "SlabStore", Capturing)
+    return made
+
+
+def _stored_bytes(store) -> int:
+    return sum(t.numel() * t.element_size() for t in (store.index, store.prob, store.uncertainty) if t is not None)
+
+
+@pytest.mark.parametrize("spacing", [None, [1.5, 1.5, 2.0]], ids=["native", "resampled"])
+def test_what_is_kept_per_voxel_does_not_grow_with_the_class_count(monkeypatch, spacing):
+    """What is kept for every voxel of the volume does not grow with the class count: on a native grid the
+    same 5 bytes for 5 and for 40 classes, with resampling at most 8 (class, probability) pairs plus the
+    uncertainty. Only the one-window-deep blending slab holds every class."""
+    from UXNetSegmentLib.pipeline import run_recipe
+    image = synthetic_ct(size=(40, 36, 20))
+    made = _captured_store(monkeypatch)
+    sizes = {}
+    for classes in (5, 40):
+        spec = tiny_spec(spacing=spacing, labels={str(i): f"c{i}" for i in range(1, classes)})
+        raw = run_recipe(image, spec, _linear_predictor(classes), uncertainty="entropy")
+        store = made[-1]
+        sizes[classes] = _stored_bytes(store)
+        voxels = int(np.prod(store.shape))
+        assert store.uncertainty.numel() == voxels  # one float per voxel, whatever the class count
+        assert store.labels_only == (spacing is None)  # no resampling: only the final label is kept
+        if spacing is None:  # 1 byte of label + 4 of uncertainty
+            assert store.prob is None and sizes[classes] == voxels * (1 + 4)
+        else:  # k = min(8, C) (class byte + float32 probability) + 4 of uncertainty
+            assert sizes[classes] == voxels * (min(8, classes) * 5 + 4)
+        assert raw.labels.max() < classes and np.isfinite(raw.uncertainty).all()
+    if spacing is None:
+        assert sizes[40] == sizes[5]
+    if spacing is not None:  # past 8 classes, nothing more is kept
+        spec = tiny_spec(spacing=spacing, labels={str(i): f"c{i}" for i in range(1, 12)})
+        run_recipe(image, spec, _linear_predictor(12), uncertainty="entropy")
+        assert _stored_bytes(made[-1]) == sizes[40]
+
+
+def test_labels_only_store_gives_the_top_k_labels(monkeypatch):
+    """On a voxel-aligned grid the 1-byte label store and the general top-k store give the same labels."""
+    from UXNetSegmentLib.pipeline import run_recipe
+    from UXNetSegmentLib.resample import GridMap
+    image = synthetic_ct(size=(40, 36, 20), direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1))
+    spec = tiny_spec(spacing=None, overlap=0.25)
+    predictor = _linear_predictor(spec.num_classes)
+    fast = run_recipe(image, spec, predictor, uncertainty="entropy")
+    monkeypatch.setattr(GridMap, "voxel_aligned", lambda self, tol=1e-4: False)
+    general = run_recipe(image, spec, predictor, uncertainty="entropy")
+    assert np.array_equal(fast.labels, general.labels)
+    np.testing.assert_allclose(fast.uncertainty, general.uncertainty, atol=1e-6)

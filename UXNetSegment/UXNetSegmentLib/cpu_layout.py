@@ -6,11 +6,13 @@ channels-last; one layer that hands back NCDHW costs a reorder in the next. :fun
 makes that so, in place, without touching a parameter's value or name (state dicts still match):
 
 * convolution weights are stored channels-last, so the convolutions pick the NDHWC kernels;
-* ``InstanceNorm3d`` (which PyTorch computes in NCDHW) runs, for one window at a time, as per-channel
-  statistics plus batch norm's normalisation: for batch 1 that *is* instance norm, and it keeps the
-  layout. Larger batches use instance norm as before;
+* ``InstanceNorm3d`` (which PyTorch computes in NCDHW) runs, for one window at a time, on the
+  ``(voxels, C)`` view, in place: the same statistics and formula, the layout kept, and no second
+  full-resolution tensor. Larger batches (and autograd) use instance norm as before;
 * convolutions with one input channel per group (the stem, the 7x7x7 depthwise ones, the decoder's
   first) go to oneDNN's NDHWC kernel directly: PyTorch would pick its generic NCDHW kernel for them;
+* MONAI's up-sampling blocks skip their concatenation (the next convolutions are split over the two
+  halves), which saves a full-resolution tensor of twice the width;
 * dense 1x1x1 convolutions (residual shortcuts, the output block) are one matrix product on NDHWC;
 * transposed convolutions, which PyTorch computes in NCDHW, have their output put back into NDHWC;
 * UX-Net's grouped 1x1x1 convolutions (one input channel per group) become the broadcast multiply-add
@@ -22,9 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from monai.networks.blocks.dynunet_block import UnetResBlock
+from monai.networks.blocks.unetr_block import UnetrUpBlock
+
 from .network import UXBlock
 
 CL = torch.channels_last_3d
+NORM_CHUNK_ROWS = 1 << 16  # voxels per chunk of the variance pass
 
 
 def to_channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -42,19 +48,29 @@ def _compiling() -> bool:
 
 
 class ChannelsLastInstanceNorm3d(nn.InstanceNorm3d):
-    """``InstanceNorm3d`` that keeps a channels-last input channels-last (batch 1, no running stats).
+    """``InstanceNorm3d`` for one channels-last window (batch 1, no running stats, no autograd), in place.
 
-    The per-channel mean and variance are two column reductions of the ``(voxels, C)`` view (PyTorch sums
-    these by cascades, so they are accurate), then batch norm's normalisation is applied with them. Batch
-    norm's own channels-last statistics are less precise (up to ~2e-4 on the official fixture's logits)."""
+    UX-Net's decoder blocks (MONAI's ``UnetResBlock``/``UnetBasicBlock``) normalise only fresh
+    convolution outputs, so the result overwrites its input: no second full-resolution tensor. The
+    per-channel mean and variance are column reductions of the ``(voxels, C)`` view (two passes, the second
+    in chunks, so no temporary of the input's size); PyTorch's cascade sums keep them accurate, unlike batch
+    norm's own channels-last statistics (up to ~2e-4 off on the official fixture's logits)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 5 or x.shape[0] != 1 or self.track_running_stats:
+        if x.dim() != 5 or x.shape[0] != 1 or self.track_running_stats or torch.is_grad_enabled():
             return super().forward(x)
-        flat = to_channels_last(x).permute(0, 2, 3, 4, 1).reshape(-1, x.shape[1])
+        y = to_channels_last(x)  # x itself when it already is (as in a channels-last network)
+        flat = y.permute(0, 2, 3, 4, 1).reshape(-1, x.shape[1])  # a view of y
         mean = flat.mean(0)
-        var = (flat - mean).square_().mean(0)
-        return F.batch_norm(x, mean, var, self.weight, self.bias, False, 0.0, self.eps)
+        var = torch.zeros_like(mean)
+        for start in range(0, flat.shape[0], NORM_CHUNK_ROWS):
+            var += (flat[start:start + NORM_CHUNK_ROWS] - mean).square_().sum(0)
+        scale = torch.rsqrt(var / flat.shape[0] + self.eps)
+        shift = -mean * scale
+        if self.weight is not None:
+            scale, shift = scale * self.weight, shift * self.weight + self.bias
+        flat.mul_(scale).add_(shift)
+        return y
 
 
 class ChannelsLastUXBlock(UXBlock):
@@ -99,6 +115,40 @@ def _pointwise(module: nn.Module) -> bool:
             and module.stride == (1, 1, 1) and module.padding in ((0, 0, 0), "valid"))
 
 
+def _conv_of_concat(conv: nn.Conv3d, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``conv(cat((a, b), 1))`` as the sum of two convolutions, without building the concatenation."""
+    c = a.shape[1]
+    parts = conv.weight[:, :c], conv.weight[:, c:]
+    if conv.kernel_size == (1, 1, 1) and conv.stride == (1, 1, 1):
+        out = F.linear(a.permute(0, 2, 3, 4, 1), parts[0].flatten(1))
+        out += F.linear(b.permute(0, 2, 3, 4, 1), parts[1].flatten(1))
+        out = out.permute(0, 4, 1, 2, 3)
+    else:
+        wa, wb = (p.contiguous(memory_format=CL) for p in parts)
+        out = F.conv3d(a, wa, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+        out += F.conv3d(b, wb, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+    if conv.bias is not None:
+        out += conv.bias.view(1, -1, 1, 1, 1)
+    return out
+
+
+class ChannelsLastUpBlock(UnetrUpBlock):
+    """MONAI's ``UnetrUpBlock`` without its concatenation: the residual block's first convolution and its
+    1x1x1 shortcut are each split over (upsampled, skip), which saves a 2C-channel full-resolution tensor."""
+
+    def forward(self, inp: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        block = self.conv_block
+        if torch.is_grad_enabled() or type(block) is not UnetResBlock or not hasattr(block, "conv3") \
+                or not hasattr(block, "norm3") or skip.device.type != "cpu":
+            return super().forward(inp, skip)
+        up = to_channels_last(self.transp_conv(inp))
+        skip = to_channels_last(skip)
+        out = block.lrelu(block.norm1(_conv_of_concat(block.conv1.conv, up, skip)))
+        out = block.norm2(block.conv2(out))
+        out += block.norm3(_conv_of_concat(block.conv3.conv, up, skip))
+        return block.lrelu(out)
+
+
 def _to_ndhwc_hook(module, inputs, output):
     return to_channels_last(output)
 
@@ -117,6 +167,8 @@ def keep_channels_last(network: nn.Module) -> nn.Module:
             module.__class__ = ChannelsLastInstanceNorm3d
         elif type(module) is UXBlock and module.pwconv1.groups == module.pwconv1.in_channels:
             module.__class__ = ChannelsLastUXBlock
+        elif type(module) is UnetrUpBlock:
+            module.__class__ = ChannelsLastUpBlock
         elif _pointwise(module):
             module.__class__ = ChannelsLastPointwiseConv3d
         elif _one_channel_per_group(module):

@@ -9,6 +9,7 @@ import torch
 from .compile import ENV_SWITCH, CompiledNetwork, compile_enabled, compiled_for
 from .cpu_layout import keep_channels_last, to_channels_last
 from .errors import UXNetError
+from .network import UXNet
 from .progress import ProgressCallback, report
 
 # Networks smaller than this are not compiled unless asked (UXNET_COMPILE=1): compiling takes
@@ -145,8 +146,9 @@ class Predictor:
                 self._warn_eager(self.compiled.failed)
                 self.compiled = None
         # Eager CPU: windows travel channels-last through the network (same fp32 arithmetic, fewer reorders).
+        # Only for UX-Net itself: its layout-keeping norms work in place, which is safe in its MONAI blocks.
         self.cpu_channels_last = (device.type == "cpu" and self.dtype is None and self.compiled is None
-                                  and cpu_channels_last_enabled())
+                                  and isinstance(self.network, UXNet) and cpu_channels_last_enabled())
         if self.cpu_channels_last:
             keep_channels_last(self.network)
 
