@@ -113,21 +113,13 @@ def test_cuda_out_of_memory_retries_smaller_then_cpu():
     assert any("falling back to the CPU" in d for s, d in notes if s == "warning")
 
 
-def test_kept_memory_does_not_grow_with_class_count():
-    """What is kept per processed voxel (top-k classes + uncertainty) is the same for 9 or 40 classes."""
+def test_label_store_keeps_argmax_and_entropy():
     from UXNetSegmentLib.slabs import SlabStore
-
-    def kept_bytes(classes):
-        store = SlabStore((20, 16, 12), classes, uncertainty="entropy")
-        return sum(t.numel() * t.element_size() for t in (store.index, store.prob, store.uncertainty))
-
-    assert kept_bytes(9) == kept_bytes(40) == kept_bytes(16)
     store = SlabStore((4, 3, 2), 40, uncertainty="entropy")
     logits = torch.randn(40, 4, 3, 2)
     store(0, logits)
     full = torch.softmax(logits, 0)
-    assert torch.equal(store.index[0].long(), full.argmax(0))
-    assert torch.allclose(store.prob[0], full.max(0).values)
+    assert torch.equal(store.index.long(), full.argmax(0))
     entropy = -(full * full.log()).sum(0) / np.log(40)
     assert torch.allclose(store.uncertainty, entropy, atol=1e-5)
 
@@ -139,55 +131,55 @@ def _linear_predictor(classes: int, seed: int = 0):
     return lambda w: a.view(1, -1, 1, 1, 1) * w + b.view(1, -1, 1, 1, 1)
 
 
-def _captured_store(monkeypatch):
+def _captured(monkeypatch, name):
     import UXNetSegmentLib.pipeline as pipeline
     made = []
+    base = getattr(pipeline, name)
 
-    class Capturing(pipeline.SlabStore):
+    class Capturing(base):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             made.append(self)
 
-    monkeypatch.setattr(pipeline, "SlabStore", Capturing)
+        def __call__(self, x0, logits):
+            super().__call__(x0, logits)
+            held = getattr(self, "pending_rows", 0) + (1 if getattr(self, "prev", None) is not None else 0)
+            self.most_rows_held = max(getattr(self, "most_rows_held", 0), held)
+
+    monkeypatch.setattr(pipeline, name, Capturing)
     return made
-
-
-def _stored_bytes(store) -> int:
-    return sum(t.numel() * t.element_size() for t in (store.index, store.prob, store.uncertainty) if t is not None)
 
 
 @pytest.mark.parametrize("spacing", [None, [1.5, 1.5, 2.0]], ids=["native", "resampled"])
 def test_what_is_kept_per_voxel_does_not_grow_with_the_class_count(monkeypatch, spacing):
-    """What is kept for every voxel of the volume does not grow with the class count: on a native grid the
-    same 5 bytes for 5 and for 40 classes, with resampling at most 8 (class, probability) pairs plus the
-    uncertainty. Only the one-window-deep blending slab holds every class."""
+    """Per voxel of the volume only its label byte and uncertainty float are kept, for 5 classes as for 40;
+    class probabilities exist only for a bounded number of processed rows (and the blending slab)."""
+    from UXNetSegmentLib.inverse_stream import BLOCK_ROWS
+    from UXNetSegmentLib.inference import ROWS_PER_CALL
     from UXNetSegmentLib.pipeline import run_recipe
     image = synthetic_ct(size=(40, 36, 20))
-    made = _captured_store(monkeypatch)
-    sizes = {}
+    aligned = _captured(monkeypatch, "SlabStore")
+    streamed = _captured(monkeypatch, "StreamingInverse")
+    kept = {}
     for classes in (5, 40):
         spec = tiny_spec(spacing=spacing, labels={str(i): f"c{i}" for i in range(1, classes)})
         raw = run_recipe(image, spec, _linear_predictor(classes), uncertainty="entropy")
-        store = made[-1]
-        sizes[classes] = _stored_bytes(store)
-        voxels = int(np.prod(store.shape))
-        assert store.uncertainty.numel() == voxels  # one float per voxel, whatever the class count
-        assert store.labels_only == (spacing is None)  # no resampling: only the final label is kept
-        if spacing is None:  # 1 byte of label + 4 of uncertainty
-            assert store.prob is None and sizes[classes] == voxels * (1 + 4)
-        else:  # k = min(8, C) (class byte + float32 probability) + 4 of uncertainty
-            assert sizes[classes] == voxels * (min(8, classes) * 5 + 4)
         assert raw.labels.max() < classes and np.isfinite(raw.uncertainty).all()
-    if spacing is None:
-        assert sizes[40] == sizes[5]
-    if spacing is not None:  # past 8 classes, nothing more is kept
-        spec = tiny_spec(spacing=spacing, labels={str(i): f"c{i}" for i in range(1, 12)})
-        run_recipe(image, spec, _linear_predictor(12), uncertainty="entropy")
-        assert _stored_bytes(made[-1]) == sizes[40]
+        if spacing is None:  # no resampling: a label byte and an uncertainty float per processed voxel
+            store = aligned[-1]
+            kept[classes] = store.index.nbytes + store.uncertainty.nbytes
+            assert kept[classes] == int(np.prod(store.shape)) * (1 + 4)
+        else:  # resampled: per input voxel the same, and probabilities for a few rows at a time
+            sink = streamed[-1]
+            kept[classes] = sink.labels.nbytes + sink.unc.nbytes
+            assert kept[classes] == int(np.prod(image.GetSize())) * (1 + 4)
+            assert 1 < sink.most_rows_held <= BLOCK_ROWS + ROWS_PER_CALL < sink.rows + BLOCK_ROWS
+    assert kept[40] == kept[5]
+    assert (len(aligned), len(streamed)) == ((2, 0) if spacing is None else (0, 2))
 
 
-def test_labels_only_store_gives_the_top_k_labels(monkeypatch):
-    """On a voxel-aligned grid the 1-byte label store and the general top-k store give the same labels."""
+def test_aligned_gather_equals_the_trilinear_streaming_path(monkeypatch):
+    """On a voxel-aligned grid the plain gather and the slab-by-slab trilinear mapping agree exactly."""
     from UXNetSegmentLib.pipeline import run_recipe
     from UXNetSegmentLib.resample import GridMap
     image = synthetic_ct(size=(40, 36, 20), direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1))
@@ -198,3 +190,32 @@ def test_labels_only_store_gives_the_top_k_labels(monkeypatch):
     general = run_recipe(image, spec, predictor, uncertainty="entropy")
     assert np.array_equal(fast.labels, general.labels)
     np.testing.assert_allclose(fast.uncertainty, general.uncertainty, atol=1e-6)
+
+
+def test_streaming_inverse_equals_one_full_volume_interpolation():
+    """Slab by slab with every class gives the labels of interpolating the whole probability volume at once."""
+    from UXNetSegmentLib.inverse_stream import StreamingInverse
+    from UXNetSegmentLib.resample import GridMap, ijk_to_ras
+    image = synthetic_ct(size=(30, 26, 14), spacing=(1.3, 0.7, 2.9), direction=rotation_direction(20.0, axis=1))
+    grid_shape, crop_start, crop_shape = (37, 29, 31), (2, 1, 3), (33, 27, 26)
+    grid_affine = np.diag([1.1, 0.9, 1.4, 1.0])
+    grid_affine[:3, 3] = np.array(ijk_to_ras(image))[:3, 3] - np.array([12.0, 9.0, 10.0])
+    grid = GridMap(image, grid_affine, grid_shape, crop_start, crop_shape)
+    classes = 7
+    logits = torch.randn((classes,) + crop_shape, generator=torch.Generator().manual_seed(3)) * 3
+    sink = StreamingInverse(grid, classes, "entropy")
+    for x0 in range(0, crop_shape[0], 5):  # uneven slabs, as the sliding window hands them over
+        sink(x0, logits[:, x0:x0 + 5])
+    labels, unc = sink.result()
+    prob = torch.softmax(logits, 0).reshape(classes, -1)
+    expected = np.zeros(labels.size, np.uint8)
+    offset = 0
+    for _, _, coords in grid.chunks():
+        idx, w = grid.corners(coords)
+        pos = torch.from_numpy(np.maximum(idx, 0))
+        wt = torch.from_numpy(np.where(idx >= 0, w, 0.0).astype(np.float32))
+        scores = sum(prob[:, pos[:, c]] * wt[:, c] for c in range(8))
+        expected[offset:offset + len(coords)] = scores.argmax(0).numpy()
+        offset += len(coords)
+    assert np.array_equal(labels.ravel(), expected)
+    assert 0 < (labels > 0).mean() < 1 and unc.max() <= 1.0 + 1e-6

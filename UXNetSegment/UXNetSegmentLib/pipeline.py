@@ -2,7 +2,7 @@
 
 Steps (per model spec): resample to ``spacing`` (bilinear) -> reorient to RAS -> intensity window
 (or percentiles) to [0, 1], clipped -> crop to foreground (> 0) -> sliding window -> softmax ->
-back onto the input grid (trilinear) -> argmax.
+back onto the input grid (trilinear, every class) -> argmax; the last three run slab by slab.
 """
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -16,7 +16,8 @@ from monai.data import MetaTensor
 from .catalogue import ModelSpec
 from .inference import count_windows, sliding_window_stream
 from .progress import CancelToken, ProgressCallback, report
-from .resample import GridMap, LPS_TO_RAS, invert_labels, ijk_to_ras, to_image
+from .inverse_stream import StreamingInverse
+from .resample import GridMap, LPS_TO_RAS, gather_labels, ijk_to_ras, to_image
 from .slabs import SlabStore
 
 
@@ -81,15 +82,23 @@ def run_recipe(image: sitk.Image, spec: ModelSpec, predictor: Callable[[torch.Te
     n = count_windows(pre.image.shape[1:], spec.roi_size, overlap)
     report(progress, "preprocess", 1.0, f"grid {'x'.join(map(str, pre.image.shape[1:]))}, {n} windows")
     grid = GridMap(image, pre.grid_affine, pre.grid_shape, pre.crop_start, pre.image.shape[1:])
-    # Where the input's voxels are the processed voxels (no resampling), keep only the final labels.
-    store = SlabStore(pre.image.shape[1:], spec.num_classes, uncertainty, labels_only=grid.voxel_aligned())
+    # Where the input's voxels are the processed voxels (no resampling), a slab leaves only its labels;
+    # otherwise each slab is interpolated back onto the input grid, with every class, as it finishes.
+    aligned = grid.voxel_aligned()
+    if aligned:
+        sink = SlabStore(pre.image.shape[1:], spec.num_classes, uncertainty)
+    else:
+        sink = StreamingInverse(grid, spec.num_classes, uncertainty)
     with torch.no_grad():
-        sliding_window_stream(pre.image, spec.roi_size, overlap, predictor, spec.num_classes, store,
+        sliding_window_stream(pre.image, spec.roi_size, overlap, predictor, spec.num_classes, sink,
                               batch_size=batch_size, progress=progress, cancel=cancel)
     if cancel is not None:
         cancel.check()
     report(progress, "postprocess", 0.0, "back to the input grid")
-    labels, unc = invert_labels(grid, store.index, store.prob, spec.num_classes, store.uncertainty)
+    if aligned:
+        labels, unc = gather_labels(grid, sink.index, sink.uncertainty)
+    else:
+        labels, unc = sink.result()
     report(progress, "postprocess", 1.0, "done")
     return RawResult(labels, unc)
 

@@ -1,8 +1,9 @@
 """Map results from the processed grid back onto the input's own voxels.
 
 This replaces MONAI's ``Invertd`` (pad the crop, undo the orientation, resample bilinearly with
-border padding) by one trilinear lookup per input voxel, done in chunks so that no full-volume
-``(C, ...)`` probability map is ever built. Geometry is exact by construction: the output array
+border padding) by one trilinear lookup per input voxel (:mod:`inverse_stream`, slab by slab), or by a
+plain gather where the grids are voxel-aligned, so that no full-volume ``(C, ...)`` probability map is
+ever built. Geometry is exact by construction: the output array
 has the input's size and is given the input's spacing, origin and direction.
 """
 from typing import Optional, Sequence, Tuple
@@ -50,18 +51,29 @@ class GridMap:
         grid = corners @ m.T + shift
         return bool(np.all(grid > -tol) and np.all(grid < self.grid_shape - 1 + tol))
 
-    def chunks(self):
-        """Yield (k-slice range, continuous crop-relative coordinates (n, 3)) in (k, j, i) voxel order."""
-        ni, nj, nk = self.size
-        per = max(1, CHUNK_VOXELS // (ni * nj))
+    def chunk_slices(self) -> int:
+        """How many k-slices one chunk holds."""
+        ni, nj, _ = self.size
+        return max(1, CHUNK_VOXELS // (ni * nj))
+
+    def chunk_coords(self, k0: int, nks: int) -> np.ndarray:
+        """Continuous crop-relative coordinates ``(n, 3)`` of the input voxels of k-slices ``k0 .. k0 + nks``,
+        in (k, j, i) voxel order, clipped to the processed grid (MONAI's border padding)."""
+        ni, nj, _ = self.size
         jj, ii = np.meshgrid(np.arange(nj), np.arange(ni), indexing="ij")
         base = np.stack([ii.ravel(), jj.ravel()], 1).astype(np.float64)
+        ks = np.arange(k0, k0 + nks, dtype=np.float64)
+        ijk = np.concatenate([np.tile(base, (len(ks), 1)), np.repeat(ks, len(base))[:, None]], 1)
+        grid = ijk @ self.to_grid[:3, :3].T + self.to_grid[:3, 3]
+        grid = np.clip(grid, 0, self.grid_shape - 1)
+        return grid - self.crop_start
+
+    def chunks(self):
+        """Yield (k0, number of k-slices, continuous crop-relative coordinates (n, 3)) in (k, j, i) voxel order."""
+        nk, per = self.size[2], self.chunk_slices()
         for k0 in range(0, nk, per):
-            ks = np.arange(k0, min(nk, k0 + per), dtype=np.float64)
-            ijk = np.concatenate([np.tile(base, (len(ks), 1)), np.repeat(ks, len(base))[:, None]], 1)
-            grid = ijk @ self.to_grid[:3, :3].T + self.to_grid[:3, 3]
-            grid = np.clip(grid, 0, self.grid_shape - 1)  # MONAI's border padding
-            yield k0, len(ks), grid - self.crop_start
+            nks = min(nk, k0 + per) - k0
+            yield k0, nks, self.chunk_coords(k0, nks)
 
     def corners(self, coords: np.ndarray):
         """The 8 trilinear neighbours: flat indices into the crop (-1 outside it) and weights, (n, 8)."""
@@ -82,45 +94,25 @@ class GridMap:
         return np.stack(idx, 1), np.stack(wts, 1)
 
 
-def invert_labels(grid: GridMap, index: torch.Tensor, prob: torch.Tensor, num_classes: int,
-                  uncertainty: Optional[torch.Tensor] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """Labels ``(K, J, I)`` uint8 on the input grid (and uncertainty float32 if given).
-
-    ``index``/``prob``: top-k classes and probabilities ``(k, X, Y, Z)`` on the cropped grid; ``prob`` None:
-    ``index`` holds the final label (k = 1) and ``grid`` is voxel-aligned (:meth:`GridMap.voxel_aligned`).
-    """
-    k = index.shape[0]
-    flat_i = index.reshape(k, -1)
+def gather_labels(grid: GridMap, labels: torch.Tensor, uncertainty: Optional[torch.Tensor] = None
+                  ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Labels ``(K, J, I)`` uint8 on the input grid (and uncertainty float32) for a voxel-aligned ``grid``
+    (:meth:`GridMap.voxel_aligned`): every input voxel is one processed voxel of ``labels`` ``(X, Y, Z)``,
+    and voxels outside the crop are background, as the trilinear path would give them."""
+    flat_l = labels.reshape(-1)
     flat_u = uncertainty.reshape(-1) if uncertainty is not None else None
     ni, nj, nk = grid.size
-    labels = np.zeros((nk, nj, ni), dtype=np.uint8)
+    out = np.zeros((nk, nj, ni), dtype=np.uint8)
     unc = np.zeros((nk, nj, ni), dtype=np.float32) if uncertainty is not None else None
-    if prob is None:  # voxel-aligned grids: every input voxel is one processed voxel, labels already final
-        for k0, nks, coords in grid.chunks():
-            c = np.rint(coords).astype(np.int64)
-            inside = np.all((c >= 0) & (c < grid.crop_shape), axis=1)
-            flat = torch.from_numpy(np.ravel_multi_index(tuple(np.clip(c, 0, grid.crop_shape - 1).T),
-                                                         tuple(grid.crop_shape)))
-            keep = torch.from_numpy(inside)
-            labels[k0:k0 + nks] = torch.where(keep, flat_i[0][flat], 0).numpy().reshape(nks, nj, ni)
-            if unc is not None:
-                unc[k0:k0 + nks] = torch.where(keep, flat_u[flat], 0.0).numpy().reshape(nks, nj, ni)
-        return labels, unc
-    flat_p = prob.reshape(k, -1)
     for k0, nks, coords in grid.chunks():
-        idx, w = grid.corners(coords)
-        valid = torch.from_numpy(idx >= 0)
-        pos = torch.from_numpy(np.maximum(idx, 0))
-        wt = torch.from_numpy(w.astype(np.float32))
-        scores = torch.zeros((len(coords), num_classes), dtype=torch.float32)
-        for c in range(k):
-            cls = flat_i[c][pos].long()
-            val = flat_p[c][pos] * wt
-            scores.scatter_add_(1, cls, torch.where(valid, val, torch.zeros_like(val)))
-        labels[k0:k0 + nks] = scores.argmax(1).to(torch.uint8).numpy().reshape(nks, nj, ni)
+        c = np.rint(coords).astype(np.int64)
+        keep = torch.from_numpy(np.all((c >= 0) & (c < grid.crop_shape), axis=1))
+        flat = torch.from_numpy(np.ravel_multi_index(tuple(np.clip(c, 0, grid.crop_shape - 1).T),
+                                                     tuple(grid.crop_shape)))
+        out[k0:k0 + nks] = torch.where(keep, flat_l[flat], 0).numpy().reshape(nks, nj, ni)
         if unc is not None:
-            unc[k0:k0 + nks] = (flat_u[pos] * wt).sum(1).numpy().reshape(nks, nj, ni)
-    return labels, unc
+            unc[k0:k0 + nks] = torch.where(keep, flat_u[flat], 0.0).numpy().reshape(nks, nj, ni)
+    return out, unc
 
 
 def to_image(array_kji: np.ndarray, like: sitk.Image) -> sitk.Image:
