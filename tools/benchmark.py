@@ -108,7 +108,7 @@ def recipe_spec(args, work: Path, image_path: Path, overlap: float) -> None:
     """``spec.json`` for ``image_path``: no resampling (``--recipe native``: input voxels = processed voxels),
     or resampling to a spacing 1% coarser (``resampled``: the grid keeps nearly its size (MONAI treats grids
     within 0.1% as equal and would not resample), the results are
-    interpolated back as in the FLARE/AMOS recipes, so the top-k probability store is used)."""
+    interpolated back onto the input grid as in the FLARE/AMOS recipes)."""
     spacing = None
     if args.recipe == "resampled":
         spacing = [round(s * 1.01, 6) for s in sitk.ReadImage(str(image_path)).GetSpacing()]

@@ -77,7 +77,7 @@ def sliding_window_stream(image: torch.Tensor, roi: Sequence[int], overlap: floa
         x_next = starts[g + 1] if g + 1 < len(starts) else padded[0]
         rows = x_next - x_start
         lo, hi = max(x_start, pads[0][0]), min(x_next, pads[0][0] + shape[0])
-        # Hand the finished rows over a few at a time, so the temporaries (division, softmax, top-k)
+        # Hand the finished rows over a few at a time, so the temporaries (division, softmax, uncertainty)
         # stay small; the values are the same as dividing the whole slab at once.
         for a in range(lo, hi, ROWS_PER_CALL):
             b = min(a + ROWS_PER_CALL, hi)
