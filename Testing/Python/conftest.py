@@ -15,3 +15,13 @@ def _engine_process_setup():
     """The same allocator tuning the CLI applies, so in-process engine runs are as fast as the product."""
     from UXNetSegmentLib.devices import tune_allocator
     tune_allocator()
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """A test that changes torch's thread count must not slow down every test after it."""
+    import torch
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)

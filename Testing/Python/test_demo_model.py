@@ -57,7 +57,6 @@ def sample_result(spec):
     from UXNetSegmentLib.api import segment_image
     from UXNetSegmentLib.imageio import read_image
 
-    torch.set_num_threads(1)
     image = read_image(SAMPLE)
     return image, segment_image(image, spec, weights=spec.weights_path(), device="cpu")
 

@@ -48,7 +48,6 @@ class MiniSegmenter(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def case():
-    torch.set_num_threads(1)
     image = synthetic_ct(size=(40, 36, 22), spacing=(1.0, 1.2, 2.4))
     spec = tiny_spec(spacing=[1.5, 1.5, 2.0], overlap=0.5)
     return image, spec
