@@ -588,6 +588,7 @@ def test_parameters_validate_with_one_line_reasons(tmp_path):
     assert SegmentationParameters(model="flare2021").isValid() == (True, "")
     cases = [SegmentationParameters(), SegmentationParameters(model="m", device="tpu"),
              SegmentationParameters(model="m", overlap=1.0), SegmentationParameters(model="m", weightsPath="/nope.pth"),
+             SegmentationParameters(model="m", reviewThreshold=1.5),
              SegmentationParameters(weightsPath=str(CHECKPOINT))]
     for case in cases:
         ok, reason = case.isValid()

@@ -181,8 +181,10 @@ def keep_channels_last(network: nn.Module) -> nn.Module:
             module.__class__ = ChannelsLastPointwiseConv3d
         elif _one_channel_per_group(module):
             module.__class__ = ChannelsLastConv3d
-        elif isinstance(module, (nn.ConvTranspose3d, nn.Conv3d)) and module.in_channels // module.groups == 1 \
-                or isinstance(module, nn.ConvTranspose3d):
+        elif isinstance(module, nn.ConvTranspose3d) or (type(module) is nn.Conv3d
+                                                          and module.in_channels // module.groups == 1):
+            # left to PyTorch, which hands these back in NCDHW: transposed convs, and one-channel-per-group
+            # convs where oneDNN is not available
             module.register_forward_hook(_to_ndhwc_hook)
     network.to(memory_format=CL)
     network._uxnet_channels_last = True

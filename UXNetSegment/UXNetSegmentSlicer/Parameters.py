@@ -36,6 +36,8 @@ class SegmentationParameters:
             return False, f"model spec {self.specPath} does not exist; choose an existing .json file"
         if self.device not in DEVICES:
             return False, f"device '{self.device}' is unknown; choose one of {', '.join(DEVICES)}"
+        if not 0.0 <= float(self.reviewThreshold) <= 1.0:
+            return False, f"review threshold {self.reviewThreshold} is outside [0, 1]; use e.g. 0.5"
         if self.overlap is not None and not 0.0 <= float(self.overlap) < 1.0:
             return False, f"overlap {self.overlap} is outside [0, 1); use e.g. 0.5 (quality) or 0.25 (speed)"
         return True, ""

@@ -27,6 +27,7 @@ import slicer
 from UXNetSegmentLib.catalogue import Label, ModelSpec, get_model, load_spec, resources_dir
 from UXNetSegmentLib.errors import Cancelled, UXNetError
 from UXNetSegmentLib.imageio import terminology as engineTerminology
+from UXNetSegmentLib.snapshot import HEAT_FLOOR
 
 from .CompareLogic import REVIEW_SEGMENT_ID, CompareLogic
 from .InstallLogic import DEVICE_QUERY_SCRIPT
@@ -454,7 +455,7 @@ class SegmentationLogic:
 # the last is built in and also present headless).
 UNCERTAINTY_COLOR_NODE_IDS = ("vtkMRMLColorTableNodeFileInferno.txt", "vtkMRMLColorTableNodeFileMagma.txt",
                               "vtkMRMLColorTableNodeIron")
-UNCERTAINTY_HIDDEN_BELOW = 0.05  # near-certain voxels are transparent in the overlay
+UNCERTAINTY_HIDDEN_BELOW = HEAT_FLOOR  # near-certain voxels are transparent, as in the engine's PNG montages
 
 
 def styleUncertaintyDisplay(volumeNode) -> None:
