@@ -7,8 +7,9 @@ import torch
 
 from engine_helpers import DATA, FIXTURE_WEIGHTS, tiny_network
 from UXNetSegmentLib.checkpoint import build_network, infer_config, load_network, read_state_dict
-from UXNetSegmentLib.cpu_layout import (ChannelsLastConv3d, ChannelsLastInstanceNorm3d, ChannelsLastUXBlock,
-                                        keep_channels_last, to_channels_last)
+from UXNetSegmentLib.cpu_layout import (ChannelsLastConv3d, ChannelsLastInstanceNorm3d, ChannelsLastPointwiseConv3d,
+                                        ChannelsLastUXBlock, _conv_of_concat, keep_channels_last,
+                                        to_channels_last)
 from UXNetSegmentLib.devices import Predictor
 from UXNetSegmentLib.network import UXNet
 
@@ -41,6 +42,24 @@ def test_channels_last_network_matches_official_code_and_keeps_its_state_dict():
     assert list(after) == list(before) and all(torch.equal(after[k], before[k]) for k in before)
     # the CPU predictor uses it by default, and UXNET_CHANNELS_LAST=0 switches it off
     assert Predictor(load_network(FIXTURE_WEIGHTS, num_classes=5), torch.device("cpu"), compile=False).cpu_channels_last
+
+
+@pytest.mark.parametrize("in_channels", [1, 5])
+def test_channels_last_pointwise_conv_equals_conv3d(in_channels):
+    """1x1x1 convolutions as matrix products (an outer product for one input channel), alone and split over
+    a concatenation, equal PyTorch's own convolution on channels-last weights and inputs."""
+    torch.manual_seed(3)
+    conv = torch.nn.Conv3d(in_channels, 7, 1).to(memory_format=torch.channels_last_3d)
+    x = to_channels_last(torch.randn(1, in_channels, 6, 5, 4))
+    with torch.no_grad():
+        want = conv(x)
+        conv.__class__ = ChannelsLastPointwiseConv3d
+        got = conv(x)
+        assert got.stride(1) == 1 and torch.allclose(got, want, atol=1e-5)
+        both = torch.nn.Conv3d(2 * in_channels, 7, 1).to(memory_format=torch.channels_last_3d)
+        b = to_channels_last(torch.randn(1, in_channels, 6, 5, 4))
+        split = _conv_of_concat(both, x, b)
+        assert split.stride(1) == 1 and torch.allclose(split, both(torch.cat((x, b), 1)), atol=1e-5)
 
 
 def test_channels_last_switch(monkeypatch):

@@ -20,6 +20,8 @@ makes that so, in place, without touching a parameter's value or name (state dic
 
 The results equal the NCDHW network's to float rounding (max |delta logit| ~1e-5).
 """
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -64,13 +66,14 @@ class ChannelsLastInstanceNorm3d(nn.InstanceNorm3d):
         flat = y.permute(0, 2, 3, 4, 1).reshape(-1, x.shape[1])  # a view of y
         n = flat.shape[0]
         # One pass over chunks for the sums of (x - s) and (x - s)^2, s a rough mean from a sample of rows:
-        # centred this way, var = E[(x-s)^2] - E[x-s]^2 loses nothing to cancellation.
+        # centred this way, var = E[(x-s)^2] - E[x-s]^2 loses nothing to cancellation. Each chunk is summed
+        # in float32 (PyTorch sums pairwise: ~1e-7 relative), the chunks' sums in float64.
         s = flat[::max(n // 4096, 1)].mean(0)
         s1, s2 = torch.zeros_like(s, dtype=torch.float64), torch.zeros_like(s, dtype=torch.float64)
         for start in range(0, n, NORM_CHUNK_ROWS):
             d = flat[start:start + NORM_CHUNK_ROWS] - s
-            s1 += d.sum(0, dtype=torch.float64)
-            s2 += d.square_().sum(0, dtype=torch.float64)
+            s1 += d.sum(0)
+            s2 += d.square_().sum(0)
         mean_d = s1 / n
         var = (s2 / n - mean_d * mean_d).clamp_min(0.0)
         scale = torch.rsqrt(var + self.eps)
@@ -114,8 +117,31 @@ class ChannelsLastPointwiseConv3d(nn.Conv3d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5 or x.device.type != "cpu":
             return super().forward(x)
-        y = F.linear(to_channels_last(x).permute(0, 2, 3, 4, 1), self.weight.flatten(1), self.bias)
-        return y.permute(0, 4, 1, 2, 3)
+        return _pointwise_ndhwc(to_channels_last(x), self.weight, self.bias)
+
+
+def _pointwise_ndhwc(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                     out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The 1x1x1 convolution of the channels-last ``x`` as one 2D matrix product, written into (or, with
+    ``out``, added to) an NDHWC result. One input channel makes it an outer product, computed as a
+    broadcast multiply: BLAS takes a slow path (~20x) on the (1, 1)-strided matrices it would get."""
+    n, c, d, h, w = x.shape
+    rows = x.permute(0, 2, 3, 4, 1).reshape(-1, c)  # a view of the NDHWC storage
+    matrix = weight.reshape(weight.shape[0], c).t()
+    if out is None:
+        if c == 1:
+            y = torch.addcmul(bias, rows, matrix) if bias is not None else rows * matrix
+        else:
+            y = torch.addmm(bias, rows, matrix) if bias is not None else torch.mm(rows, matrix)
+        return y.view(n, d, h, w, -1).permute(0, 4, 1, 2, 3)
+    out_rows = out.permute(0, 2, 3, 4, 1).view(-1, out.shape[1])
+    if c == 1:
+        out_rows.addcmul_(rows, matrix)
+    else:
+        out_rows.addmm_(rows, matrix)
+    if bias is not None:
+        out_rows += bias
+    return out
 
 
 def _pointwise(module: nn.Module) -> bool:
@@ -128,13 +154,10 @@ def _conv_of_concat(conv: nn.Conv3d, a: torch.Tensor, b: torch.Tensor) -> torch.
     c = a.shape[1]
     parts = conv.weight[:, :c], conv.weight[:, c:]
     if conv.kernel_size == (1, 1, 1) and conv.stride == (1, 1, 1):
-        out = F.linear(a.permute(0, 2, 3, 4, 1), parts[0].flatten(1))
-        out += F.linear(b.permute(0, 2, 3, 4, 1), parts[1].flatten(1))
-        out = out.permute(0, 4, 1, 2, 3)
-    else:
-        wa, wb = (p.contiguous(memory_format=CL) for p in parts)
-        out = F.conv3d(a, wa, None, conv.stride, conv.padding, conv.dilation, conv.groups)
-        out += F.conv3d(b, wb, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+        return _pointwise_ndhwc(b, parts[1], conv.bias, out=_pointwise_ndhwc(a, parts[0], None))
+    wa, wb = (p.contiguous(memory_format=CL) for p in parts)
+    out = F.conv3d(a, wa, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+    out += F.conv3d(b, wb, None, conv.stride, conv.padding, conv.dilation, conv.groups)
     if conv.bias is not None:
         out += conv.bias.view(1, -1, 1, 1, 1)
     return out
