@@ -143,43 +143,54 @@ def _captured(monkeypatch, name):
 
         def __call__(self, x0, logits):
             super().__call__(x0, logits)
-            held = getattr(self, "pending_rows", 0) + (1 if getattr(self, "prev", None) is not None else 0)
-            self.most_rows_held = max(getattr(self, "most_rows_held", 0), held)
+            self.most_rows_held = max(getattr(self, "most_rows_held", 0), getattr(self, "rows_held", 0))
 
     monkeypatch.setattr(pipeline, name, Capturing)
     return made
 
 
-@pytest.mark.parametrize("spacing", [None, [1.5, 1.5, 2.0]], ids=["native", "resampled"])
-def test_what_is_kept_per_voxel_does_not_grow_with_the_class_count(monkeypatch, spacing):
+def _force_corner_path(monkeypatch):
+    from UXNetSegmentLib.resample import GridMap
+    monkeypatch.setattr(GridMap, "axis_map", lambda self, tol=1e-4: None)
+
+
+@pytest.mark.parametrize("spacing,path", [(None, "aligned"), ([1.5, 1.5, 2.0], "separable"),
+                                          ([1.5, 1.5, 2.0], "corners")])
+def test_what_is_kept_per_voxel_does_not_grow_with_the_class_count(monkeypatch, spacing, path):
     """Per voxel of the volume only its label byte and uncertainty float are kept, for 5 classes as for 40;
     class probabilities exist only for a bounded number of processed rows (and the blending slab)."""
     from UXNetSegmentLib.inverse_stream import BLOCK_ROWS
     from UXNetSegmentLib.inference import ROWS_PER_CALL
     from UXNetSegmentLib.pipeline import run_recipe
+    if path == "corners":
+        _force_corner_path(monkeypatch)
     image = synthetic_ct(size=(40, 36, 20))
-    aligned = _captured(monkeypatch, "SlabStore")
-    streamed = _captured(monkeypatch, "StreamingInverse")
+    made = {name: _captured(monkeypatch, name) for name in ("SlabStore", "SeparableInverse", "StreamingInverse")}
     kept = {}
     for classes in (5, 40):
         spec = tiny_spec(spacing=spacing, labels={str(i): f"c{i}" for i in range(1, classes)})
         raw = run_recipe(image, spec, _linear_predictor(classes), uncertainty="entropy")
         assert raw.labels.max() < classes and np.isfinite(raw.uncertainty).all()
-        if spacing is None:  # no resampling: a label byte and an uncertainty float per processed voxel
-            store = aligned[-1]
+        if path == "aligned":  # no resampling: a label byte and an uncertainty float per processed voxel
+            store = made["SlabStore"][-1]
             kept[classes] = store.index.nbytes + store.uncertainty.nbytes
             assert kept[classes] == int(np.prod(store.shape)) * (1 + 4)
-        else:  # resampled: per input voxel the same, and probabilities for a few rows at a time
-            sink = streamed[-1]
-            kept[classes] = sink.labels.nbytes + sink.unc.nbytes
-            assert kept[classes] == int(np.prod(image.GetSize())) * (1 + 4)
-            assert 1 < sink.most_rows_held <= BLOCK_ROWS + ROWS_PER_CALL < sink.rows + BLOCK_ROWS
+            continue
+        # resampled: per input voxel the same, and probabilities for a few rows at a time
+        sink = made["SeparableInverse" if path == "separable" else "StreamingInverse"][-1]
+        kept[classes] = sink.labels.nbytes + sink.unc.nbytes
+        assert kept[classes] == int(np.prod(image.GetSize())) * (1 + 4)
+        most = 2 if path == "separable" else BLOCK_ROWS + ROWS_PER_CALL
+        assert 1 < sink.most_rows_held <= most < sink.rows + BLOCK_ROWS
     assert kept[40] == kept[5]
-    assert (len(aligned), len(streamed)) == ((2, 0) if spacing is None else (0, 2))
+    counts = {name: len(v) for name, v in made.items()}
+    assert counts == {name: (2 if name == {"aligned": "SlabStore", "separable": "SeparableInverse",
+                                           "corners": "StreamingInverse"}[path] else 0) for name in made}
 
 
-def test_aligned_gather_equals_the_trilinear_streaming_path(monkeypatch):
-    """On a voxel-aligned grid the plain gather and the slab-by-slab trilinear mapping agree exactly."""
+@pytest.mark.parametrize("path", ["separable", "corners"])
+def test_aligned_gather_equals_the_trilinear_streaming_path(monkeypatch, path):
+    """On a voxel-aligned grid the plain gather and the slab-by-slab trilinear mappings agree exactly."""
     from UXNetSegmentLib.pipeline import run_recipe
     from UXNetSegmentLib.resample import GridMap
     image = synthetic_ct(size=(40, 36, 20), direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1))
@@ -187,35 +198,76 @@ def test_aligned_gather_equals_the_trilinear_streaming_path(monkeypatch):
     predictor = _linear_predictor(spec.num_classes)
     fast = run_recipe(image, spec, predictor, uncertainty="entropy")
     monkeypatch.setattr(GridMap, "voxel_aligned", lambda self, tol=1e-4: False)
+    if path == "corners":
+        _force_corner_path(monkeypatch)
     general = run_recipe(image, spec, predictor, uncertainty="entropy")
     assert np.array_equal(fast.labels, general.labels)
     np.testing.assert_allclose(fast.uncertainty, general.uncertainty, atol=1e-6)
+
+
+def _full_volume_interpolation(grid, prob, unc):
+    """Labels and uncertainty of interpolating whole probability and uncertainty volumes at the input's
+    voxels through the 8 trilinear corners at once (the reference for both streaming paths)."""
+    classes = prob.shape[0]
+    prob, unc = prob.reshape(classes, -1), unc.reshape(-1)
+    labels, uncertainty = [], []
+    for _, _, coords in grid.chunks():
+        idx, w = grid.corners(coords)
+        pos = torch.from_numpy(np.maximum(idx, 0))
+        wt = torch.from_numpy(np.where(idx >= 0, w, 0.0).astype(np.float32))
+        scores = sum(prob[:, pos[:, c]] * wt[:, c] for c in range(8))
+        labels.append(scores.argmax(0).numpy().astype(np.uint8))
+        uncertainty.append((unc[pos] * wt).sum(1).numpy())
+    return np.concatenate(labels), np.concatenate(uncertainty)
+
+
+def test_separable_inverse_equals_one_full_volume_interpolation():
+    """Axis by axis, row by row, on a permuted, flipped, rescaled and cropped grid whose border clips, gives
+    the labels of the 8-corner interpolation of the whole probability volume (ties of the rounding aside)."""
+    from UXNetSegmentLib.inverse_separable import SeparableInverse
+    from UXNetSegmentLib.resample import GridMap, ijk_to_ras
+    from UXNetSegmentLib.slabs import uncertainty_from_prob
+    image = synthetic_ct(size=(30, 26, 14), spacing=(1.3, 0.7, 2.9), direction=rotation_direction(20.0, axis=1))
+    grid_shape, crop_start, crop_shape = (40, 29, 31), (2, 1, 0), (38, 27, 26)  # crop ends at x's, starts at z's edge
+    to_grid = np.zeros((4, 4))
+    to_grid[3, 3] = 1.0
+    to_grid[0, 2], to_grid[1, 0], to_grid[2, 1] = -2.3, 0.85, 1.1  # x <- -k, y <- i, z <- j
+    to_grid[:3, 3] = (42.0, -1.5, -2.0)  # x overruns the grid and z starts before it (both clipped to the
+    # border), y starts before the crop and ends inside it, z runs past the crop
+    grid = GridMap(image, ijk_to_ras(image) @ np.linalg.inv(to_grid), grid_shape, crop_start, crop_shape)
+    assert grid.axis_map() == (2, 0, 1)
+    classes = 7
+    logits = torch.randn((classes,) + crop_shape, generator=torch.Generator().manual_seed(5)) * 3
+    sink = SeparableInverse(grid, classes, "entropy")
+    for x0 in range(0, crop_shape[0], 5):  # uneven slabs, as the sliding window hands them over
+        sink(x0, logits[:, x0:x0 + 5])
+    labels, unc = sink.result()
+    prob = torch.softmax(logits, 0)
+    expected, expected_unc = _full_volume_interpolation(grid, prob, uncertainty_from_prob(prob))
+    assert np.array_equal(labels.ravel(), expected)
+    np.testing.assert_allclose(unc.ravel(), expected_unc, atol=1e-5)
+    assert 0 < (labels > 0).mean() < 1 and (labels == 0).mean() > 0.05  # some voxels lie outside the crop
 
 
 def test_streaming_inverse_equals_one_full_volume_interpolation():
     """Slab by slab with every class gives the labels of interpolating the whole probability volume at once."""
     from UXNetSegmentLib.inverse_stream import StreamingInverse
     from UXNetSegmentLib.resample import GridMap, ijk_to_ras
+    from UXNetSegmentLib.slabs import uncertainty_from_prob
     image = synthetic_ct(size=(30, 26, 14), spacing=(1.3, 0.7, 2.9), direction=rotation_direction(20.0, axis=1))
     grid_shape, crop_start, crop_shape = (37, 29, 31), (2, 1, 3), (33, 27, 26)
     grid_affine = np.diag([1.1, 0.9, 1.4, 1.0])
     grid_affine[:3, 3] = np.array(ijk_to_ras(image))[:3, 3] - np.array([12.0, 9.0, 10.0])
     grid = GridMap(image, grid_affine, grid_shape, crop_start, crop_shape)
+    assert grid.axis_map() is None  # oblique to the grid: the pipeline takes this path
     classes = 7
     logits = torch.randn((classes,) + crop_shape, generator=torch.Generator().manual_seed(3)) * 3
     sink = StreamingInverse(grid, classes, "entropy")
     for x0 in range(0, crop_shape[0], 5):  # uneven slabs, as the sliding window hands them over
         sink(x0, logits[:, x0:x0 + 5])
     labels, unc = sink.result()
-    prob = torch.softmax(logits, 0).reshape(classes, -1)
-    expected = np.zeros(labels.size, np.uint8)
-    offset = 0
-    for _, _, coords in grid.chunks():
-        idx, w = grid.corners(coords)
-        pos = torch.from_numpy(np.maximum(idx, 0))
-        wt = torch.from_numpy(np.where(idx >= 0, w, 0.0).astype(np.float32))
-        scores = sum(prob[:, pos[:, c]] * wt[:, c] for c in range(8))
-        expected[offset:offset + len(coords)] = scores.argmax(0).numpy()
-        offset += len(coords)
+    prob = torch.softmax(logits, 0)
+    expected, expected_unc = _full_volume_interpolation(grid, prob, uncertainty_from_prob(prob))
     assert np.array_equal(labels.ravel(), expected)
+    np.testing.assert_allclose(unc.ravel(), expected_unc, atol=1e-5)
     assert 0 < (labels > 0).mean() < 1 and unc.max() <= 1.0 + 1e-6

@@ -16,6 +16,7 @@ from monai.data import MetaTensor
 from .catalogue import ModelSpec
 from .inference import count_windows, sliding_window_stream
 from .progress import CancelToken, ProgressCallback, report
+from .inverse_separable import SeparableInverse
 from .inverse_stream import StreamingInverse
 from .resample import GridMap, LPS_TO_RAS, gather_labels, ijk_to_ras, to_image
 from .slabs import SlabStore
@@ -83,10 +84,13 @@ def run_recipe(image: sitk.Image, spec: ModelSpec, predictor: Callable[[torch.Te
     report(progress, "preprocess", 1.0, f"grid {'x'.join(map(str, pre.image.shape[1:]))}, {n} windows")
     grid = GridMap(image, pre.grid_affine, pre.grid_shape, pre.crop_start, pre.image.shape[1:])
     # Where the input's voxels are the processed voxels (no resampling), a slab leaves only its labels;
-    # otherwise each slab is interpolated back onto the input grid, with every class, as it finishes.
+    # otherwise each slab is interpolated back onto the input grid, with every class, as it finishes:
+    # axis by axis where the grids share their axes (always after Spacing + Orientation), else by corners.
     aligned = grid.voxel_aligned()
     if aligned:
         sink = SlabStore(pre.image.shape[1:], spec.num_classes, uncertainty)
+    elif grid.axis_map() is not None:
+        sink = SeparableInverse(grid, spec.num_classes, uncertainty)
     else:
         sink = StreamingInverse(grid, spec.num_classes, uncertainty)
     with torch.no_grad():

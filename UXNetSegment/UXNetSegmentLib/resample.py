@@ -1,10 +1,11 @@
 """Map results from the processed grid back onto the input's own voxels.
 
 This replaces MONAI's ``Invertd`` (pad the crop, undo the orientation, resample bilinearly with
-border padding) by one trilinear lookup per input voxel (:mod:`inverse_stream`, slab by slab), or by a
-plain gather where the grids are voxel-aligned, so that no full-volume ``(C, ...)`` probability map is
-ever built. Geometry is exact by construction: the output array
-has the input's size and is given the input's spacing, origin and direction.
+border padding) by trilinear interpolation at the input's voxels, slab by slab (axis by axis in
+:mod:`inverse_separable` where the grids share their axes, through the 8 corners in :mod:`inverse_stream`
+otherwise), or by a plain gather where the grids are voxel-aligned, so that no full-volume ``(C, ...)``
+probability map is ever built. Geometry is exact by construction: the output array has the input's size
+and is given the input's spacing, origin and direction.
 """
 from typing import Optional, Sequence, Tuple
 
@@ -50,6 +51,32 @@ class GridMap:
         corners = np.array(np.meshgrid(*[[0, s - 1] for s in self.size], indexing="ij")).reshape(3, -1).T
         grid = corners @ m.T + shift
         return bool(np.all(grid > -tol) and np.all(grid < self.grid_shape - 1 + tol))
+
+    def axis_map(self, tol: float = 1e-4) -> Optional[Tuple[int, int, int]]:
+        """For each processed axis x, y, z the one input axis (0 = i, 1 = j, 2 = k) it follows, when the map
+        is a scaled permutation (the case after MONAI's Spacing and Orientation, oblique inputs included);
+        None when an input axis moves along two processed axes by more than ``tol`` voxels over the volume."""
+        m = self.to_grid[:3, :3]
+        axes = tuple(int(a) for a in np.argmax(np.abs(m), axis=1))
+        if sorted(axes) != [0, 1, 2]:
+            return None
+        off = m.copy()
+        off[(0, 1, 2), axes] = 0.0
+        return axes if float(np.abs(off).sum(1).max()) * max(self.size) <= tol else None
+
+    def axis_taps(self, d: int, a: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Linear taps along processed axis ``d`` for every input position along input axis ``a``:
+        ``(lower crop index (may lie outside the crop), lower weight, upper weight)``, a weight being 0
+        where its neighbour lies outside the crop; coordinates clipped to the grid (border padding)."""
+        g = self.to_grid[d, a] * np.arange(self.size[a], dtype=np.float64) + self.to_grid[d, 3]
+        g = np.clip(g, 0, self.grid_shape[d] - 1) - self.crop_start[d]
+        lo = np.floor(g)
+        frac = g - lo
+        lo = lo.astype(np.int64)
+        n = int(self.crop_shape[d])
+        w_lo = np.where((lo >= 0) & (lo < n), 1.0 - frac, 0.0)
+        w_hi = np.where((lo + 1 >= 0) & (lo + 1 < n), frac, 0.0)
+        return lo, w_lo, w_hi
 
     def chunk_slices(self) -> int:
         """How many k-slices one chunk holds."""
