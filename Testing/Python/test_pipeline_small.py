@@ -221,12 +221,28 @@ def _full_volume_interpolation(grid, prob, unc):
     return np.concatenate(labels), np.concatenate(uncertainty)
 
 
+def _streamed_equals_full_volume(kind, grid, seed):
+    """Feed random logits over ``grid``'s crop to sink class ``kind`` in uneven slabs, as the sliding window
+    hands them over, and check its labels and uncertainty against :func:`_full_volume_interpolation`."""
+    from UXNetSegmentLib.slabs import uncertainty_from_prob
+    classes, crop_shape = 7, tuple(int(s) for s in grid.crop_shape)
+    logits = torch.randn((classes,) + crop_shape, generator=torch.Generator().manual_seed(seed)) * 3
+    sink = kind(grid, classes, "entropy")
+    for x0 in range(0, crop_shape[0], 5):
+        sink(x0, logits[:, x0:x0 + 5])
+    labels, unc = sink.result()
+    prob = torch.softmax(logits, 0)
+    expected, expected_unc = _full_volume_interpolation(grid, prob, uncertainty_from_prob(prob))
+    assert np.array_equal(labels.ravel(), expected)
+    np.testing.assert_allclose(unc.ravel(), expected_unc, atol=1e-5)
+    return labels, unc
+
+
 def test_separable_inverse_equals_one_full_volume_interpolation():
     """Axis by axis, row by row, on a permuted, flipped, rescaled and cropped grid whose border clips, gives
     the labels of the 8-corner interpolation of the whole probability volume (ties of the rounding aside)."""
     from UXNetSegmentLib.inverse_separable import SeparableInverse
     from UXNetSegmentLib.resample import GridMap, ijk_to_ras
-    from UXNetSegmentLib.slabs import uncertainty_from_prob
     image = synthetic_ct(size=(30, 26, 14), spacing=(1.3, 0.7, 2.9), direction=rotation_direction(20.0, axis=1))
     grid_shape, crop_start, crop_shape = (40, 29, 31), (2, 1, 0), (38, 27, 26)  # crop ends at x's, starts at z's edge
     to_grid = np.zeros((4, 4))
@@ -236,16 +252,7 @@ def test_separable_inverse_equals_one_full_volume_interpolation():
     # border), y starts before the crop and ends inside it, z runs past the crop
     grid = GridMap(image, ijk_to_ras(image) @ np.linalg.inv(to_grid), grid_shape, crop_start, crop_shape)
     assert grid.axis_map() == (2, 0, 1)
-    classes = 7
-    logits = torch.randn((classes,) + crop_shape, generator=torch.Generator().manual_seed(5)) * 3
-    sink = SeparableInverse(grid, classes, "entropy")
-    for x0 in range(0, crop_shape[0], 5):  # uneven slabs, as the sliding window hands them over
-        sink(x0, logits[:, x0:x0 + 5])
-    labels, unc = sink.result()
-    prob = torch.softmax(logits, 0)
-    expected, expected_unc = _full_volume_interpolation(grid, prob, uncertainty_from_prob(prob))
-    assert np.array_equal(labels.ravel(), expected)
-    np.testing.assert_allclose(unc.ravel(), expected_unc, atol=1e-5)
+    labels, unc = _streamed_equals_full_volume(SeparableInverse, grid, seed=5)
     assert 0 < (labels > 0).mean() < 1 and (labels == 0).mean() > 0.05  # some voxels lie outside the crop
 
 
@@ -253,21 +260,11 @@ def test_streaming_inverse_equals_one_full_volume_interpolation():
     """Slab by slab with every class gives the labels of interpolating the whole probability volume at once."""
     from UXNetSegmentLib.inverse_stream import StreamingInverse
     from UXNetSegmentLib.resample import GridMap, ijk_to_ras
-    from UXNetSegmentLib.slabs import uncertainty_from_prob
     image = synthetic_ct(size=(30, 26, 14), spacing=(1.3, 0.7, 2.9), direction=rotation_direction(20.0, axis=1))
     grid_shape, crop_start, crop_shape = (37, 29, 31), (2, 1, 3), (33, 27, 26)
     grid_affine = np.diag([1.1, 0.9, 1.4, 1.0])
     grid_affine[:3, 3] = np.array(ijk_to_ras(image))[:3, 3] - np.array([12.0, 9.0, 10.0])
     grid = GridMap(image, grid_affine, grid_shape, crop_start, crop_shape)
     assert grid.axis_map() is None  # oblique to the grid: the pipeline takes this path
-    classes = 7
-    logits = torch.randn((classes,) + crop_shape, generator=torch.Generator().manual_seed(3)) * 3
-    sink = StreamingInverse(grid, classes, "entropy")
-    for x0 in range(0, crop_shape[0], 5):  # uneven slabs, as the sliding window hands them over
-        sink(x0, logits[:, x0:x0 + 5])
-    labels, unc = sink.result()
-    prob = torch.softmax(logits, 0)
-    expected, expected_unc = _full_volume_interpolation(grid, prob, uncertainty_from_prob(prob))
-    assert np.array_equal(labels.ravel(), expected)
-    np.testing.assert_allclose(unc.ravel(), expected_unc, atol=1e-5)
+    labels, unc = _streamed_equals_full_volume(StreamingInverse, grid, seed=3)
     assert 0 < (labels > 0).mean() < 1 and unc.max() <= 1.0 + 1e-6
