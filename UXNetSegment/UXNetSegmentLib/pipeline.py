@@ -1,8 +1,8 @@
 """The official 3D UX-Net test recipe, streamed: preprocess with MONAI, infer slab by slab, invert.
 
-Steps (per model spec): resample to ``spacing`` (bilinear) -> reorient to RAS -> intensity window
-(or percentiles) to [0, 1], clipped -> crop to foreground (> 0) -> sliding window -> softmax ->
-back onto the input grid (trilinear, every class) -> argmax; the last three run slab by slab.
+Steps (per model spec): resample to ``spacing`` (bilinear; a slab of planes at a time) -> reorient to RAS
+-> intensity window (or percentiles) to [0, 1], clipped -> crop to foreground (> 0) -> sliding window ->
+softmax -> back onto the input grid (trilinear, every class) -> argmax; the last three run slab by slab.
 """
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -20,6 +20,7 @@ from .inverse_separable import SeparableInverse
 from .inverse_stream import StreamingInverse
 from .resample import GridMap, LPS_TO_RAS, gather_labels, ijk_to_ras, to_image
 from .slabs import SlabStore
+from .spacing import spacing_in_slabs
 
 
 @dataclass
@@ -37,11 +38,6 @@ def to_metatensor(image: sitk.Image) -> MetaTensor:
                       affine=torch.as_tensor(ijk_to_ras(image)))
 
 
-def spatial_transforms(spec: ModelSpec) -> list:
-    steps = [T.Spacing(pixdim=spec.spacing, mode="bilinear")] if spec.spacing else []
-    return steps + [T.Orientation(axcodes="RAS", labels=None)]
-
-
 def intensity_transform(spec: ModelSpec):
     if spec.intensity_percentiles:
         lo, hi = spec.intensity_percentiles
@@ -52,8 +48,9 @@ def intensity_transform(spec: ModelSpec):
 
 def preprocess(image: sitk.Image, spec: ModelSpec) -> Preprocessed:
     data = to_metatensor(image)
-    for step in spatial_transforms(spec):
-        data = step(data)
+    if spec.spacing:
+        data = spacing_in_slabs(data, spec.spacing)
+    data = T.Orientation(axcodes="RAS", labels=None)(data)
     affine = np.asarray(data.affine, dtype=np.float64)
     shape = tuple(data.shape[1:])
     data = intensity_transform(spec)(data)
