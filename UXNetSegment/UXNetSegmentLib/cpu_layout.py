@@ -135,6 +135,8 @@ def _pointwise_ndhwc(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
             y = torch.addmm(bias, rows, matrix) if bias is not None else torch.mm(rows, matrix)
         return y.view(n, d, h, w, -1).permute(0, 4, 1, 2, 3)
     out_rows = out.permute(0, 2, 3, 4, 1).view(-1, out.shape[1])
+    # In-place products are outside autocast: under bf16 autocast ``out`` is bf16, ``rows`` may be float32.
+    rows, matrix = rows.to(out.dtype), matrix.to(out.dtype)
     if c == 1:
         out_rows.addcmul_(rows, matrix)
     else:
