@@ -41,11 +41,15 @@ VARIANTS = {  # name: (channels-last eager allowed, compile, autocast dtype)
 
 def predictor(net: torch.nn.Module, name: str) -> Predictor:
     channels_last, compile_, dtype = VARIANTS[name]
-    os.environ["UXNET_CHANNELS_LAST"] = "1" if channels_last else "0"
+    saved = os.environ.get("UXNET_CHANNELS_LAST")
+    os.environ["UXNET_CHANNELS_LAST"] = "1" if channels_last else "0"  # read once, by the constructor
     try:
         return Predictor(copy.deepcopy(net), torch.device("cpu"), compile=compile_, dtype=dtype)
     finally:
-        os.environ.pop("UXNET_CHANNELS_LAST")
+        if saved is None:
+            os.environ.pop("UXNET_CHANNELS_LAST")
+        else:
+            os.environ["UXNET_CHANNELS_LAST"] = saved
 
 
 def main() -> None:

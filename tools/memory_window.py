@@ -29,7 +29,7 @@ def child(setting: str, windows: int) -> None:
     if setting == "mmap_max_0":
         tune_allocator()
     torch.manual_seed(0)
-    predictor = Predictor(UXNet(in_chans=1, out_chans=16).eval(), torch.device("cpu"))
+    predictor = Predictor(UXNet(in_chans=1, out_chans=16).eval(), torch.device("cpu"), compile=False)  # eager
     x = torch.randn(1, 1, 96, 96, 96)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     times = []
