@@ -8,8 +8,8 @@ import torch
 from engine_helpers import DATA, FIXTURE_WEIGHTS, tiny_network
 from UXNetSegmentLib.checkpoint import build_network, infer_config, load_network, read_state_dict
 from UXNetSegmentLib.cpu_layout import (ChannelsLastConv3d, ChannelsLastInstanceNorm3d, ChannelsLastPointwiseConv3d,
-                                        ChannelsLastUXBlock, _conv_of_concat, keep_channels_last,
-                                        to_channels_last)
+                                        ChannelsLastUXBlock, PatchTransposedConv3d, _conv_of_concat,
+                                        keep_channels_last, prepare_for_compile, to_channels_last)
 from UXNetSegmentLib.devices import Predictor
 from UXNetSegmentLib.network import UXNet
 
@@ -30,7 +30,7 @@ def test_channels_last_network_matches_official_code_and_keeps_its_state_dict():
     ref = np.load(DATA / "network_seed7.npz")
     keep_channels_last(net)
     kinds = {type(m) for m in net.modules()}
-    assert {ChannelsLastConv3d, ChannelsLastInstanceNorm3d, ChannelsLastUXBlock} <= kinds
+    assert {ChannelsLastConv3d, ChannelsLastInstanceNorm3d, ChannelsLastUXBlock, PatchTransposedConv3d} <= kinds
     x = torch.from_numpy(ref["input"])
     with torch.no_grad():
         out = net(to_channels_last(x))
@@ -60,6 +60,44 @@ def test_channels_last_pointwise_conv_equals_conv3d(in_channels):
         b = to_channels_last(torch.randn(1, in_channels, 6, 5, 4))
         split = _conv_of_concat(both, x, b)
         assert split.stride(1) == 1 and torch.allclose(split, both(torch.cat((x, b), 1)), atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel,bias", [(2, False), ((1, 2, 3), True)])
+def test_patch_transposed_conv_equals_conv_transpose3d(kernel, bias):
+    """Up-sampling with kernel = stride as one matrix product: PyTorch's values, an NDHWC result, from either
+    input layout; a transposed convolution whose patches overlap is not converted."""
+    torch.manual_seed(4)
+    conv = torch.nn.ConvTranspose3d(6, 5, kernel, stride=kernel, bias=bias)
+    x = torch.randn(2, 6, 3, 4, 5)
+    with torch.no_grad():
+        want = conv(x)
+        conv.__class__ = PatchTransposedConv3d
+        for inp in (x, to_channels_last(x)):
+            got = conv(inp)
+            assert got.shape == want.shape and got.stride(1) == 1
+            assert torch.allclose(got, want, atol=1e-5)
+    overlapping = prepare_for_compile(torch.nn.Sequential(torch.nn.ConvTranspose3d(6, 5, 3, stride=2)))
+    assert type(overlapping[0]) is torch.nn.ConvTranspose3d
+
+
+def test_network_prepared_for_compile_matches_official_code_and_keeps_its_state_dict():
+    """The forms the compiled CPU path starts from (run eager here): official logits, same state dict."""
+    net = load_network(FIXTURE_WEIGHTS, num_classes=5)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    prepare_for_compile(net)
+    kinds = {type(m) for m in net.modules()}
+    assert {ChannelsLastPointwiseConv3d, PatchTransposedConv3d} <= kinds
+    assert torch.nn.ConvTranspose3d not in kinds
+    ref = np.load(DATA / "network_seed7.npz")
+    with torch.no_grad():
+        out = net(torch.from_numpy(ref["input"])).numpy()
+    assert np.abs(out - ref["logits"]).max() <= 1e-4
+    after = net.state_dict()
+    assert list(after) == list(before) and all(torch.equal(after[k], before[k]) for k in before)
+    keep_channels_last(net)  # the eager fallback of a prepared network still runs channels-last end to end
+    with torch.no_grad():
+        cl = net(to_channels_last(torch.from_numpy(ref["input"])))
+    assert cl.stride(1) == 1 and np.abs(cl.numpy() - ref["logits"]).max() <= 1e-4
 
 
 def test_channels_last_switch(monkeypatch):

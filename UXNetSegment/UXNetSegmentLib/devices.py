@@ -7,7 +7,7 @@ from typing import Callable, List, Optional, Tuple
 import torch
 
 from .compile import ENV_SWITCH, CompiledNetwork, compile_enabled, compiled_for
-from .cpu_layout import keep_channels_last, to_channels_last
+from .cpu_layout import keep_channels_last, prepare_for_compile, to_channels_last
 from .errors import UXNetError
 from .network import UXNet
 from .progress import ProgressCallback, report
@@ -141,6 +141,8 @@ class Predictor:
                 self.network = self.network.to(memory_format=torch.channels_last_3d)
         self.compiled: Optional[CompiledNetwork] = None
         if want_compile(self.network, compile, device):
+            if device.type == "cpu":
+                prepare_for_compile(self.network)
             self.compiled = compiled_for(self.network, device, self.dtype, self.channels_last)
             if self.compiled.failed is not None:
                 self._warn_eager(self.compiled.failed)
