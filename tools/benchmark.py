@@ -208,9 +208,10 @@ def worker(args) -> None:
 
 
 def floor_worker(args) -> None:
-    """Rate of one dense 48->48 3x3x3 conv on 96^3, channels-last fp32, and the network's dense conv FLOPs."""
+    """Rate of one dense 48->48 3x3x3 conv on 96^3, channels-last fp32 (and native bf16 where the CPU has it),
+    and the network's dense conv FLOPs."""
     import torch
-    from UXNetSegmentLib.devices import tune_allocator
+    from UXNetSegmentLib.devices import cpu_has_bf16, tune_allocator
     from UXNetSegmentLib.catalogue import load_spec
     from UXNetSegmentLib.checkpoint import load_network
     tune_allocator()
@@ -223,6 +224,16 @@ def floor_worker(args) -> None:
             conv(x)
             times.append(time.perf_counter() - t)
     rate = 2 * 48 * 48 * 27 * 96 ** 3 / min(times[1:])
+    bf16_rate = None
+    if cpu_has_bf16():  # the same conv in native bf16 (fast mode's floor); emulated bf16 would say nothing
+        conv_b, x_b = conv.to(torch.bfloat16), x.to(torch.bfloat16)
+        with torch.no_grad():
+            bf16_times = []
+            for _ in range(4):
+                t = time.perf_counter()
+                conv_b(x_b)
+                bf16_times.append(time.perf_counter() - t)
+        bf16_rate = 2 * 48 * 48 * 27 * 96 ** 3 / min(bf16_times[1:])
     net = load_network(args.weights, load_spec(args.spec).num_classes)
     dense, total = [0.0], [0.0]
 
@@ -241,8 +252,8 @@ def floor_worker(args) -> None:
             m.register_forward_hook(hook)
     with torch.no_grad():
         net(torch.zeros(1, 1, 32, 32, 32))  # every layer scales with the voxel count: x27 for 96^3
-    Path(args.out).write_text(json.dumps({"rate": rate, "dense_flops": dense[0] * 27, "conv_flops": total[0] * 27,
-                                          "conv_times": times}))
+    Path(args.out).write_text(json.dumps({"rate": rate, "bf16_rate": bf16_rate, "dense_flops": dense[0] * 27,
+                                          "conv_flops": total[0] * 27, "conv_times": times}))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -332,6 +343,10 @@ def timed_comparison(args, work: Path) -> dict:
         summary["floor"] = {"rate_gflops": rate / 1e9, "dense_gflop": floors[0]["dense_flops"] / 1e9,
                             "conv_gflop": floors[0]["conv_flops"] / 1e9,
                             "seconds_per_window": floors[0]["dense_flops"] / rate}
+        bf16 = [f["bf16_rate"] for f in floors if f.get("bf16_rate")]
+        if bf16:
+            summary["floor"]["bf16_rate_gflops"] = statistics.median(bf16) / 1e9
+            summary["floor"]["bf16_seconds_per_window"] = floors[0]["dense_flops"] / statistics.median(bf16)
     return summary
 
 
@@ -344,6 +359,8 @@ def print_summary(summary: dict) -> None:
         print(f"floor on this machine: dense 3x3x3 convs {f['dense_gflop']:.0f} GFLOP/window at "
               f"{f['rate_gflops']:.0f} GFLOP/s -> {f['seconds_per_window']:.2f} s/window "
               f"(performance.md host: {REFERENCE_FLOOR_S} s)")
+        if "bf16_seconds_per_window" in f:
+            print(f"bf16 floor: {f['bf16_rate_gflops']:.0f} GFLOP/s -> {f['bf16_seconds_per_window']:.2f} s/window")
     for mode, s in modes.items():
         line = (f"{mode:6s} windows {s['windows']:3d}  whole {statistics.median(s['seconds']):7.1f} s  "
                 f"per window {statistics.median(s['per_window_median']):6.2f} s  "
@@ -355,7 +372,10 @@ def print_summary(summary: dict) -> None:
         if s.get("compile_seconds") and max(s["compile_seconds"]):
             line += f"  (compile {statistics.median(s['compile_seconds']):.0f} s)"
         if "floor" in summary:
-            line += f"  floor ratio {statistics.median(s['per_window_median']) / summary['floor']['seconds_per_window']:.2f}"
+            f = summary["floor"]
+            bf16 = mode == "fast" and "bf16_seconds_per_window" in f
+            floor_s = f["bf16_seconds_per_window" if bf16 else "seconds_per_window"]
+            line += f"  {'bf16 ' if bf16 else ''}floor ratio {statistics.median(s['per_window_median']) / floor_s:.2f}"
         if "agreement_vs_plain" in s and mode != "plain":
             line += f"  labels equal to plain {100 * s['agreement_vs_plain']:.3f}%"
         if "dice_vs_exact" in s:
@@ -379,6 +399,9 @@ def plot(summary: dict, path: Path) -> None:
     if "floor" in summary:
         ax.axhline(summary["floor"]["seconds_per_window"], color="k", ls="--",
                    label=f"fp32 floor here ({summary['floor']['seconds_per_window']:.1f} s)")
+        if "bf16_seconds_per_window" in summary["floor"]:
+            ax.axhline(summary["floor"]["bf16_seconds_per_window"], color="tab:purple", ls="-.",
+                       label=f"bf16 floor here ({summary['floor']['bf16_seconds_per_window']:.1f} s)")
     ax.axhline(REFERENCE_FLOOR_S, color="grey", ls=":", label=f"fp32 floor, AVX-512 host ({REFERENCE_FLOOR_S} s)")
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names)
@@ -418,7 +441,8 @@ def accuracy_runs(args) -> dict:
     """Fast mode's reduced precision against exact fp32 on a trained model: Dice per label, in-process.
 
     bf16 autocast is forced even where the CPU lacks native bf16 (then it is emulated: same numbers,
-    slower), so the accuracy of fast mode can be stated on any machine.
+    slower), so the accuracy of fast mode can be stated on any machine. ``--accuracy-overlaps`` adds exact
+    mode at lower sliding-window overlaps (what fewer windows would cost), against the model's own overlap.
     """
     import torch
     from UXNetSegmentLib.catalogue import load_spec
@@ -433,21 +457,28 @@ def accuracy_runs(args) -> dict:
     for path in args.accuracy_images:
         image = read_image(path)
         labels, seconds = {}, {}
-        for name, dtype in (("exact", None), ("bf16", torch.bfloat16)):
+        runs = [("exact", None, None), ("bf16", torch.bfloat16, None)]
+        runs += [(f"exact, overlap {o}", None, o) for o in args.accuracy_overlaps]
+        for name, dtype, overlap in runs:
             predictor = Predictor(net, torch.device("cpu"), dtype=dtype, compile=False)
             start = time.perf_counter()
-            labels[name] = run_recipe(image, spec, predictor).labels
+            labels[name] = run_recipe(image, spec, predictor, overlap=overlap).labels
             seconds[name] = time.perf_counter() - start
-        a, b = labels["exact"], labels["bf16"]
-        dice = {}
-        for value, label in spec.labels.items():
-            x, y = a == value, b == value
-            dice[label.name] = float(2.0 * (x & y).sum() / max(1, x.sum() + y.sum()))
-        results[Path(path).name] = {"size": list(image.GetSize()), "dice_bf16_vs_exact": dice,
-                                    "voxels_equal": float((a == b).mean()), "seconds": seconds}
-        print(f"{Path(path).name} {image.GetSize()}: voxels equal {100 * (a == b).mean():.3f}%, Dice "
-              + ", ".join(f"{k} {v:.4f}" for k, v in dice.items())
-              + f"; {seconds['exact']:.1f} s fp32, {seconds['bf16']:.1f} s bf16", flush=True)
+        entry = results.setdefault(Path(path).name, {"size": list(image.GetSize()), "seconds": seconds})
+        for name in labels:
+            if name == "exact":
+                continue
+            a, b = labels["exact"], labels[name]
+            dice = {}
+            for value, label in spec.labels.items():
+                x, y = a == value, b == value
+                dice[label.name] = float(2.0 * (x & y).sum() / max(1, x.sum() + y.sum()))
+            key = "bf16" if name == "bf16" else name.replace(", ", "_").replace(" ", "")
+            entry[f"dice_{key}_vs_exact"] = dice
+            entry[f"voxels_equal_{key}"] = float((a == b).mean())
+            print(f"{Path(path).name} {image.GetSize()}, {name} vs exact (overlap {spec.overlap}): voxels equal "
+                  f"{100 * (a == b).mean():.3f}%, Dice " + ", ".join(f"{k} {v:.4f}" for k, v in dice.items())
+                  + f"; {seconds['exact']:.1f} s exact, {seconds[name]:.1f} s", flush=True)
     return results
 
 
@@ -468,11 +499,14 @@ def main(argv=None) -> None:
     p.add_argument("--replay", type=int, default=1,
                    help="memory runs: network calls that really run (later ones reuse the first output)")
     p.add_argument("--no-floor", action="store_true")
-    p.add_argument("--accuracy", action="store_true", help="fast (bf16) vs exact Dice on a trained model")
+    p.add_argument("--accuracy", action="store_true",
+                   help="fast (bf16) and lower overlaps vs exact Dice on a trained model")
     p.add_argument("--accuracy-spec", default=str(REPO / "Resources" / "Models" / "demo_brain.json"))
     p.add_argument("--accuracy-weights", default=str(REPO / "Resources" / "Weights" / "demo_brain.pth"))
     p.add_argument("--accuracy-images", nargs="+",
                    default=[str(REPO / "Resources" / "SampleData" / "colin27_t1_2mm.nrrd")])
+    p.add_argument("--accuracy-overlaps", type=float, nargs="*", default=[0.25],
+                   help="also exact mode at these overlaps, against exact at the model's own")
     p.add_argument("--workdir", default="/tmp/uxnet-benchmark")
     p.add_argument("--json", help="write the summary here")
     p.add_argument("--plot", help="write the per-window plot here (PNG)")
