@@ -165,7 +165,7 @@ class PatchTransposedConv3d(nn.ConvTranspose3d):
         y = torch.mm(rows, matrix).view(n, d, h, w, kd, kh, kw, -1)
         y = y.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(n, d * kd, h * kh, w * kw, -1)
         if self.bias is not None:
-            y = y + self.bias
+            y += self.bias.to(y.dtype)  # y is a fresh tensor (the reshape copied): no second one of its size
         return y.permute(0, 4, 1, 2, 3)
 
 
