@@ -217,23 +217,20 @@ def floor_worker(args) -> None:
     tune_allocator()
     conv = torch.nn.Conv3d(48, 48, 3, padding=1, bias=False).eval().to(memory_format=torch.channels_last_3d)
     x = torch.randn(1, 48, 96, 96, 96).contiguous(memory_format=torch.channels_last_3d)
-    times = []
-    with torch.no_grad():
-        for _ in range(4):
-            t = time.perf_counter()
-            conv(x)
-            times.append(time.perf_counter() - t)
-    rate = 2 * 48 * 48 * 27 * 96 ** 3 / min(times[1:])
-    bf16_rate = None
-    if cpu_has_bf16():  # the same conv in native bf16 (fast mode's floor); emulated bf16 would say nothing
-        conv_b, x_b = conv.to(torch.bfloat16), x.to(torch.bfloat16)
+
+    def timed(conv, x):  # four calls, the first a warm-up
+        times = []
         with torch.no_grad():
-            bf16_times = []
             for _ in range(4):
                 t = time.perf_counter()
-                conv_b(x_b)
-                bf16_times.append(time.perf_counter() - t)
-        bf16_rate = 2 * 48 * 48 * 27 * 96 ** 3 / min(bf16_times[1:])
+                conv(x)
+                times.append(time.perf_counter() - t)
+        return times, 2 * 48 * 48 * 27 * 96 ** 3 / min(times[1:])
+
+    times, rate = timed(conv, x)
+    bf16_rate = None
+    if cpu_has_bf16():  # the same conv in native bf16 (fast mode's floor); emulated bf16 would say nothing
+        bf16_rate = timed(conv.to(torch.bfloat16), x.to(torch.bfloat16))[1]
     net = load_network(args.weights, load_spec(args.spec).num_classes)
     dense, total = [0.0], [0.0]
 
@@ -457,8 +454,8 @@ def accuracy_runs(args) -> dict:
     for path in args.accuracy_images:
         image = read_image(path)
         labels, seconds = {}, {}
-        runs = [("exact", None, None), ("bf16", torch.bfloat16, None)]
-        runs += [(f"exact, overlap {o}", None, o) for o in args.accuracy_overlaps]
+        runs = [("exact", None, None), ("bf16", torch.bfloat16, None)]  # (name, autocast dtype, overlap)
+        runs += [(f"exact_overlap{o}", None, o) for o in args.accuracy_overlaps]
         for name, dtype, overlap in runs:
             predictor = Predictor(net, torch.device("cpu"), dtype=dtype, compile=False)
             start = time.perf_counter()
@@ -473,9 +470,8 @@ def accuracy_runs(args) -> dict:
             for value, label in spec.labels.items():
                 x, y = a == value, b == value
                 dice[label.name] = float(2.0 * (x & y).sum() / max(1, x.sum() + y.sum()))
-            key = "bf16" if name == "bf16" else name.replace(", ", "_").replace(" ", "")
-            entry[f"dice_{key}_vs_exact"] = dice
-            entry[f"voxels_equal_{key}"] = float((a == b).mean())
+            entry[f"dice_{name}_vs_exact"] = dice
+            entry[f"voxels_equal_{name}"] = float((a == b).mean())
             print(f"{Path(path).name} {image.GetSize()}, {name} vs exact (overlap {spec.overlap}): voxels equal "
                   f"{100 * (a == b).mean():.3f}%, Dice " + ", ".join(f"{k} {v:.4f}" for k, v in dice.items())
                   + f"; {seconds['exact']:.1f} s exact, {seconds[name]:.1f} s", flush=True)

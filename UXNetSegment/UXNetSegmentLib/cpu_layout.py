@@ -180,6 +180,15 @@ def _pointwise(module: nn.Module) -> bool:
             and module.stride == (1, 1, 1) and module.padding in ((0, 0, 0), "valid"))
 
 
+def _matrix_form(module: nn.Module) -> Optional[type]:
+    """The matrix-product class for a dense 1x1x1 convolution or a patch-wise transposed one, else None."""
+    if _pointwise(module):
+        return ChannelsLastPointwiseConv3d
+    if _patch_transposed(module):
+        return PatchTransposedConv3d
+    return None
+
+
 def _conv_of_concat(conv: nn.Conv3d, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``conv(cat((a, b), 1))`` as the sum of two convolutions, without building the concatenation."""
     c = a.shape[1]
@@ -231,10 +240,8 @@ def keep_channels_last(network: nn.Module) -> nn.Module:
             module.__class__ = ChannelsLastUXBlock
         elif type(module) is UnetrUpBlock:
             module.__class__ = ChannelsLastUpBlock
-        elif _pointwise(module):
-            module.__class__ = ChannelsLastPointwiseConv3d
-        elif _patch_transposed(module):
-            module.__class__ = PatchTransposedConv3d
+        elif _matrix_form(module) is not None:
+            module.__class__ = _matrix_form(module)
         elif _one_channel_per_group(module):
             module.__class__ = ChannelsLastConv3d
         elif type(module) is nn.ConvTranspose3d or (type(module) is nn.Conv3d
@@ -251,8 +258,7 @@ def prepare_for_compile(network: nn.Module) -> nn.Module:
     """Give ``network`` (in place) the matrix-product forms of its dense 1x1x1 convolutions and patch-wise
     transposed convolutions, for TorchInductor on the CPU; returns it. Names and values are unchanged."""
     for module in network.modules():
-        if _pointwise(module):
-            module.__class__ = ChannelsLastPointwiseConv3d
-        elif _patch_transposed(module):
-            module.__class__ = PatchTransposedConv3d
+        form = _matrix_form(module)
+        if form is not None:
+            module.__class__ = form
     return network
