@@ -5,7 +5,8 @@ Variants (each its own copy of the same weights: random, layer-scale gammas ~ U(
 
 * ``standard``       eager PyTorch, NCDHW fp32 (``UXNET_CHANNELS_LAST=0``, no compile);
 * ``channels-last``  the eager channels-last exact path (``cpu_layout.py``);
-* ``compiled``       TorchInductor with freezing, fp32 (what exact mode uses on AVX-512 CPUs);
+* ``compiled``       TorchInductor with freezing, fp32, Winograd 3x3x3 convs (exact mode on AVX-512 CPUs);
+* ``compiled-direct`` the same with direct 3x3x3 convs (``UXNET_WINOGRAD=0``);
 * ``compiled-bf16``  the same under bf16 autocast (fast mode on CPUs with AVX512-BF16 or AMX);
 * ``eager-bf16``     eager bf16 autocast, no compile.
 
@@ -30,26 +31,29 @@ import torch  # noqa: E402
 from UXNetSegmentLib.devices import Predictor, tune_allocator  # noqa: E402
 from UXNetSegmentLib.network import UXNet  # noqa: E402
 
-VARIANTS = {  # name: (channels-last eager allowed, compile, autocast dtype)
-    "standard": (False, False, None),
-    "channels-last": (True, False, None),
-    "compiled": (False, True, None),
-    "compiled-bf16": (False, True, torch.bfloat16),
-    "eager-bf16": (False, False, torch.bfloat16),
+VARIANTS = {  # name: (channels-last eager allowed, compile, autocast dtype, Winograd)
+    "standard": (False, False, None, False),
+    "channels-last": (True, False, None, False),
+    "compiled": (False, True, None, True),
+    "compiled-direct": (False, True, None, False),
+    "compiled-bf16": (False, True, torch.bfloat16, True),
+    "eager-bf16": (False, False, torch.bfloat16, False),
 }
 
 
 def predictor(net: torch.nn.Module, name: str) -> Predictor:
-    channels_last, compile_, dtype = VARIANTS[name]
-    saved = os.environ.get("UXNET_CHANNELS_LAST")
-    os.environ["UXNET_CHANNELS_LAST"] = "1" if channels_last else "0"  # read once, by the constructor
+    channels_last, compile_, dtype, winograd = VARIANTS[name]
+    switches = {"UXNET_CHANNELS_LAST": channels_last, "UXNET_WINOGRAD": winograd}  # read once, by the constructor
+    saved = {k: os.environ.get(k) for k in switches}
+    os.environ.update({k: "1" if on else "0" for k, on in switches.items()})
     try:
         return Predictor(copy.deepcopy(net), torch.device("cpu"), compile=compile_, dtype=dtype)
     finally:
-        if saved is None:
-            os.environ.pop("UXNET_CHANNELS_LAST")
-        else:
-            os.environ["UXNET_CHANNELS_LAST"] = saved
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k)
+            else:
+                os.environ[k] = v
 
 
 def main() -> None:

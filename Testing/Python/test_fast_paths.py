@@ -1,8 +1,8 @@
 """The compiled (TorchInductor, frozen weights) path: same labels as eager and the plain recipe, built once.
 
 Compiling a whole UX-Net takes minutes on a loaded 2-core machine, so the default tests compile a
-small segmentation network made of UX-Net's own kinds of layers (dense 3x3x3 and depthwise 7x7x7
-convs, instance norm, GELU, transposed conv, MONAI's output block) through the real pipeline; the
+small segmentation network made of UX-Net's own kinds of layers (dense 3x3x3, which the compiled path
+computes by Winograd, and depthwise 7x7x7 convs, instance norm, GELU, transposed conv, MONAI's output block) through the real pipeline; the
 tiny UX-Net itself is compiled in the ``slow`` test.
 """
 import numpy as np
@@ -17,6 +17,7 @@ from UXNetSegmentLib.api import segment_image
 from UXNetSegmentLib.devices import (AUTO_COMPILE_CPU_CAPABILITIES, AUTO_COMPILE_MIN_PARAMS, Predictor,
                                      cpu_capability, cpu_has_bf16, fast_dtype, parameter_count, want_compile)
 from UXNetSegmentLib.reference import reference_segment
+from UXNetSegmentLib.winograd import WinogradConv3d
 
 
 def run(image, spec, net, events, **kw):
@@ -33,6 +34,7 @@ class MiniSegmenter(torch.nn.Module):
         torch.manual_seed(seed)
         self.stem = torch.nn.Conv3d(1, width, 3, padding=1)
         self.norm = torch.nn.InstanceNorm3d(width, affine=True)
+        self.mix = torch.nn.Conv3d(width, width, 3, padding=1)  # dense 3x3x3: Winograd's, when compiled
         self.down = torch.nn.Conv3d(width, width, 2, stride=2)
         self.depthwise = torch.nn.Conv3d(width, width, 7, padding=3, groups=width)
         self.up = torch.nn.ConvTranspose3d(width, width, 2, stride=2)
@@ -42,6 +44,7 @@ class MiniSegmenter(torch.nn.Module):
 
     def forward(self, x):
         skip = torch.nn.functional.gelu(self.norm(self.stem(x)))
+        skip = skip + self.mix(skip)
         y = self.up(torch.nn.functional.gelu(self.depthwise(self.down(skip))))
         return self.out(y + skip)
 
@@ -90,6 +93,7 @@ def test_compiled_labels_equal_eager_and_plain_and_compile_once(case, monkeypatc
     predictor = Predictor(net, torch.device("cpu"), compile=True)
     out = predictor(x)
     assert predictor.compiling
+    assert any(isinstance(m, WinogradConv3d) for m in predictor.network.modules())
     with torch.no_grad():
         assert float((out - net(x)).abs().max()) < 1e-3
 

@@ -35,6 +35,7 @@ from monai.networks.blocks.dynunet_block import UnetResBlock
 from monai.networks.blocks.unetr_block import UnetrUpBlock
 
 from .network import UXBlock
+from .winograd import use_winograd
 
 CL = torch.channels_last_3d
 NORM_CHUNK_ROWS = 1 << 16  # voxels per chunk of the variance pass
@@ -254,11 +255,12 @@ def keep_channels_last(network: nn.Module) -> nn.Module:
     return network
 
 
-def prepare_for_compile(network: nn.Module) -> nn.Module:
+def prepare_for_compile(network: nn.Module, winograd: bool = True) -> nn.Module:
     """Give ``network`` (in place) the matrix-product forms of its dense 1x1x1 convolutions and patch-wise
-    transposed convolutions, for TorchInductor on the CPU; returns it. Names and values are unchanged."""
+    transposed convolutions, and (``winograd``) Winograd's form of its dense 3x3x3 ones, for TorchInductor on
+    the CPU; returns it. Names and values are unchanged."""
     for module in network.modules():
         form = _matrix_form(module)
         if form is not None:
             module.__class__ = form
-    return network
+    return use_winograd(network, winograd)

@@ -19,6 +19,7 @@ AUTO_COMPILE_MIN_PARAMS = 5_000_000
 # AVX-512 EPYC. On an AVX2-only EPYC the compiled window was slower (BENCHMARKS.md), so it stays eager.
 AUTO_COMPILE_CPU_CAPABILITIES = ("AVX512",)
 CHANNELS_LAST_SWITCH = "UXNET_CHANNELS_LAST"
+WINOGRAD_SWITCH = "UXNET_WINOGRAD"
 
 
 def cpu_capability() -> str:
@@ -49,6 +50,11 @@ def child_environment() -> dict:
 def cpu_channels_last_enabled() -> bool:
     """Channels-last eager CPU inference (default on; ``UXNET_CHANNELS_LAST=0`` turns it off)."""
     return os.environ.get(CHANNELS_LAST_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def winograd_enabled() -> bool:
+    """Winograd 3x3x3 convolutions in the compiled fp32 CPU path (default on; ``UXNET_WINOGRAD=0`` turns it off)."""
+    return os.environ.get(WINOGRAD_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -142,7 +148,7 @@ class Predictor:
         self.compiled: Optional[CompiledNetwork] = None
         if want_compile(self.network, compile, device):
             if device.type == "cpu":
-                prepare_for_compile(self.network)
+                prepare_for_compile(self.network, winograd=winograd_enabled())
             self.compiled = compiled_for(self.network, device, self.dtype, self.channels_last)
             if self.compiled.failed is not None:
                 self._warn_eager(self.compiled.failed)
