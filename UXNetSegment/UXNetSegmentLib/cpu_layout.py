@@ -23,7 +23,8 @@ The results equal the NCDHW network's to float rounding (max |delta logit| ~1e-5
 
 :func:`prepare_for_compile` applies only the matrix-product forms (dense 1x1x1 and 2x2x2 up-sampling) before
 TorchInductor compiles the network: its own lowering of these two ran ~10x slower than a matrix product in a
-96^3 window (a transposed convolution plus a reorder, ~0.3 s; the 96->48 shortcut, ~0.25 s).
+96^3 window (a transposed convolution plus a reorder, ~0.3 s; the 96->48 shortcut, ~0.25 s). It also hands
+the dense 3x3x3 convolutions to Winograd's algorithm where that pays (``winograd.py``).
 """
 from typing import Optional
 
