@@ -103,11 +103,11 @@ def test_compiler_failure_falls_back_to_eager_with_a_warning(case, monkeypatch):
     import torch._inductor.config as inductor_config
     image, spec = case
     net = MiniSegmenter(classes=5, width=6, seed=12).eval()  # a new graph: no cached build
-    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))
-    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)
     monkeypatch.setenv("UXNET_COMPILE", "1")
     events = []
-    labels = run(image, spec, net, events)
+    # TorchInductor's own patch(): monkeypatch's undo would leave its config without these keys for later tests.
+    with inductor_config.patch({"cpp.cxx": ("/nonexistent/c++",), "fx_graph_cache": False}):
+        labels = run(image, spec, net, events)
     warnings = [d for s, _, d in events if s == "warning"]
     assert len(warnings) == 1 and "running eager PyTorch" in warnings[0]
     monkeypatch.setenv("UXNET_COMPILE", "0")
