@@ -46,27 +46,18 @@ def test_winograd_module_keeps_conv3d_outside_the_compiler_and_where_it_does_not
     assert type(net[0]) is torch.nn.Conv3d
 
 
-def test_compiled_winograd_module_matches_the_convolution():
+def test_compiled_winograd_module_matches_the_convolution(monkeypatch):
     """Traced by TorchInductor (with freezing, as the engine compiles), the module takes Winograd's route."""
     torch.manual_seed(3)
-    conv = torch.nn.Conv3d(16, 8, 3, padding=1).eval()
+    conv = W.use_winograd(torch.nn.Conv3d(16, 8, 3, padding=1).eval())
     x = torch.randn(1, 16, 16, 16, 16)
+    calls = []
+    real = W.winograd_conv3d
+    monkeypatch.setattr(W, "winograd_conv3d", lambda *args: calls.append(1) or real(*args))
     with torch.no_grad():
         want = F.conv3d(x.double(), conv.weight.double(), conv.bias.double(), padding=1)
-        calls = []
-        real = W.winograd_conv3d
-
-        def counted(*args):
-            calls.append(1)
-            return real(*args)
-
-        W.use_winograd(conv)
-        try:
-            W.winograd_conv3d = counted
-            got = torch.compile(conv, dynamic=False, options={"freezing": True})(x)
-        finally:
-            W.winograd_conv3d = real
-        torch._dynamo.reset()
+        got = torch.compile(conv, dynamic=False, options={"freezing": True})(x)
+    torch._dynamo.reset()
     assert calls, "the compiled module did not take the Winograd route"
     assert float((got.double() - want).abs().max()) < 2e-4 * float(want.abs().max())
 

@@ -26,6 +26,12 @@ def compile_enabled() -> bool:
     return hasattr(torch, "compile")
 
 
+def is_compiling() -> bool:
+    """True while TorchDynamo traces the caller (modules pick their compile-friendly forms then)."""
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
+
+
 def compile_unsupported_reason() -> Optional[str]:
     """Why compiling cannot work here (checked without trying), or None."""
     if sys.platform.startswith("win"):

@@ -35,6 +35,7 @@ from torch import nn
 from monai.networks.blocks.dynunet_block import UnetResBlock
 from monai.networks.blocks.unetr_block import UnetrUpBlock
 
+from .compile import is_compiling
 from .network import UXBlock
 from .winograd import use_winograd
 
@@ -49,11 +50,6 @@ def to_channels_last(x: torch.Tensor) -> torch.Tensor:
     n, c, d, h, w = x.shape
     out = torch.empty_strided(x.shape, (d * h * w * c, 1, h * w * c, w * c, c), dtype=x.dtype, device=x.device)
     return out.copy_(x)
-
-
-def _compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
 
 
 class ChannelsLastInstanceNorm3d(nn.InstanceNorm3d):
@@ -111,7 +107,7 @@ class ChannelsLastConv3d(nn.Conv3d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5 or x.dtype != torch.float32 or x.device.type != "cpu" or self.padding_mode != "zeros" \
-                or _compiling():  # TorchInductor cannot trace the direct oneDNN call; it lowers convs itself
+                or is_compiling():  # TorchInductor cannot trace the direct oneDNN call; it lowers convs itself
             return super().forward(x)
         return torch.ops.aten.mkldnn_convolution(to_channels_last(x), self.weight, self.bias, list(self.padding),
                                                  list(self.stride), list(self.dilation), self.groups)

@@ -47,14 +47,19 @@ def child_environment() -> dict:
     return {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647", "PYTHONUNBUFFERED": "1"}
 
 
+def _switched_on(name: str) -> bool:
+    """A default-on switch: off when the environment variable ``name`` is 0/false/no/off."""
+    return os.environ.get(name, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 def cpu_channels_last_enabled() -> bool:
     """Channels-last eager CPU inference (default on; ``UXNET_CHANNELS_LAST=0`` turns it off)."""
-    return os.environ.get(CHANNELS_LAST_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+    return _switched_on(CHANNELS_LAST_SWITCH)
 
 
 def winograd_enabled() -> bool:
     """Winograd 3x3x3 convolutions in the compiled fp32 CPU path (default on; ``UXNET_WINOGRAD=0`` turns it off)."""
-    return os.environ.get(WINOGRAD_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+    return _switched_on(WINOGRAD_SWITCH)
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -9,7 +9,7 @@ additions and small constant multiplies, fused by TorchInductor into a few passe
 products go to BLAS. The weight transform is constant-folded when the graph is frozen.
 
 The result is the same convolution up to float rounding, but the rounding is larger than a direct
-convolution's (the 6-point transform has coefficients up to 8): ~1e-5 relative per layer in float32.
+convolution's (the 6-point transform has coefficients up to 8): 3-6e-5 relative per layer in float32.
 It is meant for float32 only: in bf16 the error would be of the order of the result.
 
 The transformed input is 3.4x the input's size, so only layers whose transformed input stays small use it.
@@ -20,6 +20,8 @@ from typing import List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .compile import is_compiling
 
 OUT_TILE = 4   # m: outputs per tile and axis
 IN_TILE = 6    # m + 3 - 1: inputs per tile and axis
@@ -47,7 +49,7 @@ MAX_TRANSFORMED_BYTES = 320 << 20
 
 def transform_weight(weight: torch.Tensor) -> torch.Tensor:
     """``(Cout, Cin, 3, 3, 3)`` weights -> ``(216, Cin, Cout)``: G w G^T along each axis, positions ordered
-    (w, h, d) as :func:`_transform_input` stacks them. Computed in float64, returned in ``weight``'s dtype."""
+    (w, h, d) as :func:`_tiles_conv` stacks them. Computed in float64, returned in ``weight``'s dtype."""
     g = torch.tensor(G, dtype=torch.float64, device=weight.device)
     u = torch.einsum("ip,jq,kr,ocpqr->kjico", g, g, g, weight.double())
     return u.reshape(IN_TILE ** 3, weight.shape[1], weight.shape[0]).to(weight.dtype)
@@ -83,7 +85,7 @@ def _untransform_axis(m: torch.Tensor, axis: int) -> torch.Tensor:
     return y.reshape(shape)
 
 
-def _slab(xp: torch.Tensor, u: torch.Tensor, tiles: List[int]) -> torch.Tensor:
+def _tiles_conv(xp: torch.Tensor, u: torch.Tensor, tiles: List[int]) -> torch.Tensor:
     """Outputs of ``tiles`` = (Td, Th, Tw) tiles from the padded NDHWC input ``xp``: (N, 4Td, 4Th, 4Tw, Cout)."""
     n, c = xp.shape[0], xp.shape[-1]
     v = _transform_axis(xp, 1, tiles[0])        # (6d, N, Td, Hp, Wp, C)
@@ -103,7 +105,7 @@ def winograd_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     # One tile's worth of zeros beyond the conv's own padding makes every axis a whole number of tiles.
     xp = F.pad(x.permute(0, 2, 3, 4, 1),
                (0, 0, 1, OUT_TILE * tiles[2] + 1 - w, 1, OUT_TILE * tiles[1] + 1 - h, 1, OUT_TILE * tiles[0] + 1 - d))
-    y = _slab(xp, transform_weight(weight), tiles)[:, :d, :h, :w]
+    y = _tiles_conv(xp, transform_weight(weight), tiles)[:, :d, :h, :w]
     if bias is not None:
         y = y + bias
     return y.permute(0, 4, 1, 2, 3)
@@ -117,9 +119,9 @@ def winograd_eligible(module: nn.Module, min_channels: int = 8) -> bool:
 
 
 def pays_off(x: torch.Tensor, in_channels: int, out_channels: int) -> bool:
-    """Winograd wins where the tiles outnumber the channels: measured x1.7-2.8 from 24^3 up (UX-Net's decoder
-    at 96^3, 48^3, 24^3), but x0.2-0.8 at 12^3 and below, where the transformed weights (8x the weights)
-    outweigh the work saved."""
+    """Winograd wins where the tiles outnumber the channels (measured x2.0-2.8 per layer at UX-Net's 48^3 and
+    24^3 stages, x0.08-0.8 at 12^3 and below, where the transformed weights, 8x the weights, outweigh the work
+    saved) and the transformed input stays within ``MAX_TRANSFORMED_BYTES`` (which leaves out the 96^3 stage)."""
     tiles = x.shape[0]
     for s in x.shape[2:]:
         tiles *= math.ceil(s / OUT_TILE)
@@ -134,11 +136,6 @@ def _autocasting() -> bool:
         return torch.is_autocast_cpu_enabled()
 
 
-def _compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
-
-
 class WinogradConv3d(nn.Conv3d):
     """A 3x3x3 convolution computed by :func:`winograd_conv3d` while TorchInductor traces it, for float32 CPU
     inputs outside autocast and shapes where it :func:`pays_off`; otherwise (eager, bf16, small windows) the
@@ -146,7 +143,7 @@ class WinogradConv3d(nn.Conv3d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (x.dim() != 5 or x.device.type != "cpu" or x.dtype != torch.float32 or self.weight.dtype != torch.float32
-                or not _compiling() or _autocasting() or not pays_off(x, self.in_channels, self.out_channels)):
+                or not is_compiling() or _autocasting() or not pays_off(x, self.in_channels, self.out_channels)):
             return super().forward(x)
         return winograd_conv3d(x, self.weight, self.bias)
 
