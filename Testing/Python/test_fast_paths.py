@@ -2,7 +2,7 @@
 
 Compiling a whole UX-Net takes minutes on a loaded 2-core machine, so the default tests compile a
 small segmentation network made of UX-Net's own kinds of layers (dense 3x3x3, which the compiled path
-computes by Winograd, and depthwise 7x7x7 convs, instance norm, GELU, transposed conv, MONAI's output block) through the real pipeline; the
+computes by Winograd, here a slab at a time, and depthwise 7x7x7 convs, instance norm, GELU, transposed conv, MONAI's output block) through the real pipeline; the
 tiny UX-Net itself is compiled in the ``slow`` test.
 """
 import numpy as np
@@ -17,6 +17,8 @@ from UXNetSegmentLib.api import segment_image
 from UXNetSegmentLib.devices import (AUTO_COMPILE_CPU_CAPABILITIES, AUTO_COMPILE_MIN_PARAMS, Predictor,
                                      cpu_capability, cpu_has_bf16, fast_dtype, parameter_count, want_compile)
 from UXNetSegmentLib.reference import reference_segment
+from UXNetSegmentLib import winograd as W
+from UXNetSegmentLib import winograd_slabs as S
 from UXNetSegmentLib.winograd import WinogradConv3d
 
 
@@ -69,8 +71,15 @@ def test_compiled_labels_equal_eager_and_plain_and_compile_once(case, monkeypatc
     assert "compile" not in {s for s, _, _ in eager_events}
 
     monkeypatch.setenv("UXNET_COMPILE", "1")
+    # Every Winograd layer a slab at a time (as UX-Net's 96^3 stage goes), two tile rows a slab.
+    monkeypatch.setattr(W, "MAX_TRANSFORMED_BYTES", 0)
+    monkeypatch.setattr(S, "SLAB_BYTES", 2 * W.IN_TILE ** 3 * 8 * 8 * 64 * 4)
+    slab_calls = []
+    real_slabs = S.conv3d_slabs
+    monkeypatch.setattr(S, "conv3d_slabs", lambda *a: slab_calls.append(a[0].shape) or real_slabs(*a))
     first_events = []
     compiled = run(image, spec, net, first_events)
+    assert slab_calls, "no layer went through the Winograd slab operator"
     stages = [s for s, _, _ in first_events]
     assert "warning" not in stages, first_events
     compile_events = [(f, d) for s, f, d in first_events if s == "compile"]

@@ -12,7 +12,8 @@ The result is the same convolution up to float rounding, but the rounding is lar
 convolution's (the 6-point transform has coefficients up to 8): 3-6e-5 relative per layer in float32.
 It is meant for float32 only: in bf16 the error would be of the order of the result.
 
-The transformed input is 3.4x the input's size, so only layers whose transformed input stays small use it.
+The transformed input is 3.4x the input's size: layers where it stays small are transformed whole, inside
+the network's graph; larger ones (UX-Net's 96^3 stage) go a slab at a time (``winograd_slabs.py``).
 """
 import math
 from typing import List, Optional, Sequence
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import winograd_slabs
 from .compile import is_compiling
 
 OUT_TILE = 4   # m: outputs per tile and axis
@@ -42,14 +44,14 @@ A_T = ((1, 1, 1, 1, 1, 0),
        (0, 1, -1, 2, -2, 0),
        (0, 1, 1, 4, 4, 0),
        (0, 1, -1, 8, -8, 1))
-# Largest transformed input (float32 bytes) worth it: beyond this (UX-Net's 96^3 layers, 0.6-1.2 GB) the
-# extra memory and, when done in slabs, TorchInductor's build time (minutes) outweigh the gain.
+# Largest transformed input (float32 bytes) computed whole in the network's graph; beyond it (UX-Net's 96^3
+# layers, 0.6-1.2 GB) a layer goes a slab at a time through its own compiled kernel (winograd_slabs.py).
 MAX_TRANSFORMED_BYTES = 320 << 20
 
 
 def transform_weight(weight: torch.Tensor) -> torch.Tensor:
     """``(Cout, Cin, 3, 3, 3)`` weights -> ``(216, Cin, Cout)``: G w G^T along each axis, positions ordered
-    (w, h, d) as :func:`_tiles_conv` stacks them. Computed in float64, returned in ``weight``'s dtype."""
+    (w, h, d) as :func:`tiles_conv` stacks them. Computed in float64, returned in ``weight``'s dtype."""
     g = torch.tensor(G, dtype=torch.float64, device=weight.device)
     u = torch.einsum("ip,jq,kr,ocpqr->kjico", g, g, g, weight.double())
     return u.reshape(IN_TILE ** 3, weight.shape[1], weight.shape[0]).to(weight.dtype)
@@ -85,7 +87,7 @@ def _untransform_axis(m: torch.Tensor, axis: int) -> torch.Tensor:
     return y.reshape(shape)
 
 
-def _tiles_conv(xp: torch.Tensor, u: torch.Tensor, tiles: List[int]) -> torch.Tensor:
+def tiles_conv(xp: torch.Tensor, u: torch.Tensor, tiles: List[int]) -> torch.Tensor:
     """Outputs of ``tiles`` = (Td, Th, Tw) tiles from the padded NDHWC input ``xp``: (N, 4Td, 4Th, 4Tw, Cout)."""
     n, c = xp.shape[0], xp.shape[-1]
     v = _transform_axis(xp, 1, tiles[0])        # (6d, N, Td, Hp, Wp, C)
@@ -98,14 +100,19 @@ def _tiles_conv(xp: torch.Tensor, u: torch.Tensor, tiles: List[int]) -> torch.Te
     return _untransform_axis(y, 1)              # contracts d: (N, 4Td, 4Th, 4Tw, Co)
 
 
+def tile_counts(spatial: Sequence[int]) -> List[int]:
+    """Tiles along each spatial axis (the last one partly outside the volume)."""
+    return [math.ceil(s / OUT_TILE) for s in spatial]
+
+
 def winograd_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``F.conv3d(x, weight, bias, padding=1)`` for a dense 3x3x3 kernel, by Winograd F(4, 3); float32."""
     n, c, d, h, w = x.shape
-    tiles = [math.ceil(s / OUT_TILE) for s in (d, h, w)]
+    tiles = tile_counts((d, h, w))
     # One tile's worth of zeros beyond the conv's own padding makes every axis a whole number of tiles.
     xp = F.pad(x.permute(0, 2, 3, 4, 1),
                (0, 0, 1, OUT_TILE * tiles[2] + 1 - w, 1, OUT_TILE * tiles[1] + 1 - h, 1, OUT_TILE * tiles[0] + 1 - d))
-    y = _tiles_conv(xp, transform_weight(weight), tiles)[:, :d, :h, :w]
+    y = tiles_conv(xp, transform_weight(weight), tiles)[:, :d, :h, :w]
     if bias is not None:
         y = y + bias
     return y.permute(0, 4, 1, 2, 3)
@@ -121,12 +128,18 @@ def winograd_eligible(module: nn.Module, min_channels: int = 8) -> bool:
 def pays_off(x: torch.Tensor, in_channels: int, out_channels: int) -> bool:
     """Winograd wins where the tiles outnumber the channels (measured x2.0-2.8 per layer at UX-Net's 48^3 and
     24^3 stages, x0.08-0.8 at 12^3 and below, where the transformed weights, 8x the weights, outweigh the work
-    saved) and the transformed input stays within ``MAX_TRANSFORMED_BYTES`` (which leaves out the 96^3 stage)."""
-    tiles = x.shape[0]
-    for s in x.shape[2:]:
-        tiles *= math.ceil(s / OUT_TILE)
-    return (2 * tiles >= max(in_channels, out_channels)
-            and IN_TILE ** 3 * tiles * in_channels * x.element_size() <= MAX_TRANSFORMED_BYTES)
+    saved)."""
+    return 2 * _tiles(x) >= max(in_channels, out_channels)
+
+
+def fits_whole(x: torch.Tensor, in_channels: int) -> bool:
+    """The whole layer's transformed input stays within ``MAX_TRANSFORMED_BYTES`` (not UX-Net's 96^3 stage,
+    which goes a slab at a time: ``winograd_slabs.py``)."""
+    return IN_TILE ** 3 * _tiles(x) * in_channels * x.element_size() <= MAX_TRANSFORMED_BYTES
+
+
+def _tiles(x: torch.Tensor) -> int:
+    return x.shape[0] * math.prod(tile_counts(x.shape[2:]))
 
 
 def _autocasting() -> bool:
@@ -137,15 +150,21 @@ def _autocasting() -> bool:
 
 
 class WinogradConv3d(nn.Conv3d):
-    """A 3x3x3 convolution computed by :func:`winograd_conv3d` while TorchInductor traces it, for float32 CPU
-    inputs outside autocast and shapes where it :func:`pays_off`; otherwise (eager, bf16, small windows) the
-    ordinary convolution. Parameters, names and state dict are those of ``nn.Conv3d``."""
+    """A 3x3x3 convolution computed by Winograd's algorithm while TorchInductor traces it, for float32 CPU
+    inputs outside autocast and shapes where it :func:`pays_off`: by :func:`winograd_conv3d` in the traced
+    graph where the layer :func:`fits_whole`, else a slab at a time by ``winograd_slabs``' operator. Otherwise
+    (eager, bf16, small windows, no custom operators in this torch) the ordinary convolution. Parameters,
+    names and state dict are those of ``nn.Conv3d``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (x.dim() != 5 or x.device.type != "cpu" or x.dtype != torch.float32 or self.weight.dtype != torch.float32
                 or not is_compiling() or _autocasting() or not pays_off(x, self.in_channels, self.out_channels)):
             return super().forward(x)
-        return winograd_conv3d(x, self.weight, self.bias)
+        if fits_whole(x, self.in_channels):
+            return winograd_conv3d(x, self.weight, self.bias)
+        if winograd_slabs.winograd_conv3d_slabs is None:
+            return super().forward(x)
+        return winograd_slabs.winograd_conv3d_slabs(x, transform_weight(self.weight), self.bias)
 
 
 def use_winograd(network: nn.Module, enabled: bool = True) -> nn.Module:
