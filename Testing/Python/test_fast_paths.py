@@ -157,3 +157,44 @@ def test_fast_mode_bf16_agrees_with_exact_on_most_voxels(case):
     exact = run(image, spec, net, [], fast=False)
     fast = run(image, spec, net, [], fast=True)
     assert (exact == fast).mean() >= 0.97
+
+
+def test_inductor_cache_goes_to_the_engine_cache_folder_unless_one_is_chosen(tmp_path, monkeypatch):
+    """TorchInductor's builds outlive a reboot (its default is under /tmp); a folder the user set wins, and an
+    engine cache that cannot be created leaves TorchInductor's default alone."""
+    import os
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("UXNET_CACHE", str(tmp_path / "cache"))
+    assert uxcompile.use_persistent_cache() == str(tmp_path / "cache" / "torchinductor")
+    assert (tmp_path / "cache" / "torchinductor").is_dir()
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    monkeypatch.setenv("UXNET_CACHE", str(tmp_path / "other"))
+    assert uxcompile.use_persistent_cache() == str(tmp_path / "mine")
+    assert not (tmp_path / "other").exists()
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setenv("UXNET_CACHE", str(tmp_path / "a-file" / "cache"))
+    assert uxcompile.use_persistent_cache() is None
+    assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ
+
+
+def test_cpu_build_freezes_the_weights(monkeypatch):
+    """The engine's CPU build goes through TorchInductor's freezing (weights as constants, pre-packed oneDNN
+    convolutions); ``torch.compile(..., options={"freezing": True})`` alone no longer reaches it."""
+    import torch._inductor.freezing as freezing
+    kept_inputs = []  # per frozen graph: the inputs it still takes (the window alone, once weights are constants)
+
+    def freeze(*args, **kwargs):
+        model, preserved = real(*args, **kwargs)
+        kept_inputs.append(len(preserved))
+        return model, preserved
+
+    real = freezing.freeze
+    monkeypatch.setattr(freezing, "freeze", freeze)
+    net = torch.nn.Sequential(torch.nn.Conv3d(2, 4, 3, padding=1), torch.nn.GELU(), torch.nn.Conv3d(4, 3, 1)).eval()
+    x = torch.rand(1, 2, 12, 12, 12)
+    predictor = Predictor(net, torch.device("cpu"), compile=True)
+    out = predictor(x)
+    assert predictor.compiling and kept_inputs == [1], f"weights left as graph inputs: {kept_inputs}"
+    with torch.no_grad():
+        assert float((out - net(x)).abs().max()) < 1e-4

@@ -5,7 +5,13 @@ convolutions): about 1.4x faster than eager in fp32 with logits equal to ~1e-5. 
 network is cached per (network object, its weights, device, precision, memory format); each
 new window shape compiles once more (TorchInductor guards on shapes). Set ``UXNET_COMPILE=0``
 to switch compilation off.
+
+TorchInductor keeps what it builds on disk and reuses it in later processes (a cold build of the
+full-size network takes minutes, a warm one about half a minute). Its default folder is under the
+temporary directory, which a reboot empties; the engine moves it to its own cache folder
+(``~/.cache/uxnet-segment/torchinductor``) unless ``TORCHINDUCTOR_CACHE_DIR`` is set already.
 """
+import contextlib
 import os
 import sys
 import time
@@ -14,7 +20,10 @@ from typing import Callable, Dict, Optional, Set, Tuple
 
 import torch
 
+from .catalogue import cache_dir
+
 ENV_SWITCH = "UXNET_COMPILE"
+INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 # Past this many failed/odd shapes we stop asking Dynamo to recompile and stay eager.
 MAX_SHAPES = 8
 
@@ -30,6 +39,31 @@ def is_compiling() -> bool:
     """True while TorchDynamo traces the caller (modules pick their compile-friendly forms then)."""
     compiler = getattr(torch, "compiler", None)
     return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
+
+
+def use_persistent_cache() -> Optional[str]:
+    """Point TorchInductor's on-disk cache at the engine's cache folder, unless a folder is chosen already or
+    ours cannot be created (then TorchInductor's default stays); returns the folder in use, if known."""
+    if INDUCTOR_CACHE_ENV not in os.environ:
+        folder = cache_dir() / "torchinductor"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return None
+        if os.access(str(folder), os.W_OK):
+            os.environ[INDUCTOR_CACHE_ENV] = str(folder)
+    return os.environ.get(INDUCTOR_CACHE_ENV)
+
+
+def frozen_weights(device: torch.device):
+    """TorchInductor's freezing switched on while Dynamo traces (on the CPU): the weights become constants,
+    convolutions get oneDNN's pre-packed weights and fused activations, and constant weight transforms are
+    folded. Passing ``options={"freezing": True}`` to ``torch.compile`` alone no longer does it: Dynamo must
+    see the switch to treat the parameters as constants."""
+    if device.type != "cpu":
+        return contextlib.nullcontext()
+    import torch._inductor.config as inductor_config
+    return inductor_config.patch(freezing=True)
 
 
 def compile_unsupported_reason() -> Optional[str]:
@@ -62,6 +96,7 @@ class CompiledNetwork:
         self.forward: Optional[Callable] = None
         self.shapes: Set[Tuple[int, ...]] = set()
         self.failed: Optional[str] = None
+        use_persistent_cache()  # before TorchInductor is imported: it fixes its folder then
         reason = compile_unsupported_reason()
         if reason is not None:
             self.failed = reason
@@ -82,7 +117,8 @@ class CompiledNetwork:
         """Compile for ``x``'s shape by running it once; returns (output, seconds). Raises on failure."""
         start = time.perf_counter()
         try:
-            out = run(self.forward, x)
+            with frozen_weights(self.device):
+                out = run(self.forward, x)
         except torch.cuda.OutOfMemoryError:
             raise
         except Exception as exc:

@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from . import winograd as W  # circular (winograd uses this module's op): names are looked up at call time
 
 OP_NAME = "uxnet::winograd_conv3d_slabs"
-# Transformed input of one slab (float32 bytes): big enough for long matrix products, small enough that
-# a slab's transforms stay a small part of the peak (UX-Net at 96^3: 4 tile rows = 16 planes of 48 channels).
-SLAB_BYTES = 96 << 20
+# Transformed input of one slab (float32 bytes). UX-Net at 96^3: one tile row (4 output planes) per slab,
+# 24 MiB at 48 channels; as fast per layer as 4 rows (96 MiB), and the peak of a window 0.4-0.7 GiB lower.
+SLAB_BYTES = 24 << 20
 CL = torch.channels_last_3d
 
 
@@ -70,18 +70,29 @@ def conv3d_slabs(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor],
     tiles = W.tile_counts(x.shape[2:])
     planes = W.OUT_TILE * slab_rows(tiles, c, x.element_size())
     out = torch.empty((n, u.shape[-1], d, h, w), dtype=x.dtype, device=x.device, memory_format=layout)
-    # Every slab's planes are copied into one buffer, so the kernel always sees the same shape and strides
-    # (it would be rebuilt for each new stride pattern); planes beyond the volume are zeros.
-    piece = torch.empty((n, c, planes + 2, h, w), dtype=x.dtype, device=x.device, memory_format=layout)
+    with torch.inference_mode():
+        # The kernel's inputs are always inference tensors made here: Dynamo would build it again for each
+        # new kind of tensor (the first call gets the weights' transform computed in the graph, later ones
+        # the frozen constant), shape or strides. Every slab's planes are copied into one buffer; planes
+        # beyond the volume are zeros.
+        u = u.clone()
+        bias = None if bias is None else bias.clone()
+        piece = torch.empty((n, c, planes + 2, h, w), dtype=x.dtype, device=x.device, memory_format=layout)
+        _run_slabs(run, x, u, bias, piece, out, tiles, planes, layout == CL)
+    return out
+
+
+def _run_slabs(run: Callable, x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor],
+               piece: torch.Tensor, out: torch.Tensor, tiles: List[int], planes: int, channels_last: bool) -> None:
+    d = x.shape[2]
     for start in range(0, d, planes):
         lo, hi = max(start - 1, 0), min(start + planes + 1, d)   # the input planes this slab reads
         first, last = lo - (start - 1), hi - (start - 1)
         piece[:, :, first:last].copy_(x[:, :, lo:hi])
         piece[:, :, :first].zero_()
         piece[:, :, last:].zero_()
-        y = run(piece, u, bias, (tiles[1], tiles[2]), layout == CL)
+        y = run(piece, u, bias, (tiles[1], tiles[2]), channels_last)
         out[:, :, start:start + planes] = y[:, :, :min(planes, d - start)]
-    return out
 
 
 def _fake(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
