@@ -12,7 +12,7 @@ The network's compiled graph sees the whole layer as one opaque operator, ``uxne
 transformed weights (constant-folded by freezing, like the whole-layer form's) and the bias, and returns
 the output in the input's layout (TorchInductor hands the standard one over).
 """
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
