@@ -120,7 +120,9 @@ class ChannelsLastPointwiseConv3d(nn.Conv3d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5 or x.device.type != "cpu":
             return super().forward(x)
-        return _pointwise_ndhwc(to_channels_last(x), self.weight, self.bias)
+        # Traced, the rows' reshape below asks for the layout itself, and TorchInductor writes the producer
+        # straight into it; an explicit layout copy would keep two copies of the input alive.
+        return _pointwise_ndhwc(x if is_compiling() else to_channels_last(x), self.weight, self.bias)
 
 
 def _pointwise_ndhwc(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],

@@ -10,7 +10,8 @@ graph instead made TorchInductor build for ten minutes.
 The network's compiled graph sees the whole layer as one opaque operator, ``uxnet::winograd_conv3d_slabs``
 (a ``torch.library`` custom op with a shape-only "fake" form for tracing), which takes the input, the
 transformed weights (constant-folded by freezing, like the whole-layer form's) and the bias, and returns
-the output in the input's layout (TorchInductor hands the standard one over).
+the output in the standard layout. The operator takes its input in whatever layout the graph has it (the
+96-channel concatenation is channels-last there, for the matrix product of its 1x1x1 shortcut).
 """
 from typing import Callable, List, Optional, Tuple
 
@@ -33,27 +34,25 @@ def slab_rows(tiles: List[int], channels: int, element_size: int = 4) -> int:
 
 
 def _layout(x: torch.Tensor) -> torch.memory_format:
-    """The memory format the operator keeps: channels-last where ``x`` is, else the standard one."""
+    """The memory format of the slab buffer: channels-last where ``x`` is, else the standard one."""
     return CL if x.is_contiguous(memory_format=CL) and not x.is_contiguous() else torch.contiguous_format
 
 
-def _slab(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor], tiles_hw: Tuple[int, int],
-          channels_last: bool) -> torch.Tensor:
-    """One slab: ``x`` is (N, C, 4R+2, H, W) input planes (depth already padded), the result (N, Co, 4R, H, W),
-    channels-last or not as asked (the layout change is fused into the output transform)."""
+def _slab(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor], tiles_hw: Tuple[int, int]) -> torch.Tensor:
+    """One slab: ``x`` is (N, C, 4R+2, H, W) input planes (depth already padded, any layout), the result
+    (N, Co, 4R, H, W) in the standard layout (the layout change is fused into the output transform)."""
     n, c, planes, h, w = x.shape
     rows = (planes - 2) // W.OUT_TILE
     xp = F.pad(x.permute(0, 2, 3, 4, 1), (0, 0, 1, W.OUT_TILE * tiles_hw[1] + 1 - w, 1, W.OUT_TILE * tiles_hw[0] + 1 - h))
     y = W.tiles_conv(xp, u, [rows, tiles_hw[0], tiles_hw[1]])[:, :, :h, :w]
-    y = (y if bias is None else y + bias).permute(0, 4, 1, 2, 3)
-    return y if channels_last else y.contiguous()
+    return (y if bias is None else y + bias).permute(0, 4, 1, 2, 3).contiguous()
 
 
 _KERNEL: Optional[Callable] = None
 
 
 def _kernel() -> Callable:
-    """The compiled slab kernel (TorchInductor builds it once per slab shape and layout)."""
+    """The compiled slab kernel (TorchInductor builds it once per slab shape and input layout)."""
     global _KERNEL
     if _KERNEL is None:
         _KERNEL = torch.compile(_slab, dynamic=False)
@@ -62,14 +61,15 @@ def _kernel() -> Callable:
 
 def conv3d_slabs(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor],
                  kernel: Optional[Callable] = None) -> torch.Tensor:
-    """``F.conv3d(x, w, bias, padding=1)`` with ``u = transform_weight(w)``, a slab of planes at a time, in
-    ``x``'s layout (channels-last or standard). ``kernel`` runs each slab (default: the compiled one)."""
+    """``F.conv3d(x, w, bias, padding=1)`` with ``u = transform_weight(w)``, a slab of planes at a time, from
+    ``x`` in either layout (channels-last or standard) to the standard layout. ``kernel`` runs each slab
+    (default: the compiled one)."""
     run = kernel if kernel is not None else _kernel()
     n, c, d, h, w = x.shape
     layout = _layout(x)
     tiles = W.tile_counts(x.shape[2:])
     planes = W.OUT_TILE * slab_rows(tiles, c, x.element_size())
-    out = torch.empty((n, u.shape[-1], d, h, w), dtype=x.dtype, device=x.device, memory_format=layout)
+    out = torch.empty((n, u.shape[-1], d, h, w), dtype=x.dtype, device=x.device)
     with torch.inference_mode():
         # The kernel's inputs are always inference tensors made here: Dynamo would build it again for each
         # new kind of tensor (the first call gets the weights' transform computed in the graph, later ones
@@ -78,12 +78,12 @@ def conv3d_slabs(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor],
         u = u.clone()
         bias = None if bias is None else bias.clone()
         piece = torch.empty((n, c, planes + 2, h, w), dtype=x.dtype, device=x.device, memory_format=layout)
-        _run_slabs(run, x, u, bias, piece, out, tiles, planes, layout == CL)
+        _run_slabs(run, x, u, bias, piece, out, tiles, planes)
     return out
 
 
 def _run_slabs(run: Callable, x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor],
-               piece: torch.Tensor, out: torch.Tensor, tiles: List[int], planes: int, channels_last: bool) -> None:
+               piece: torch.Tensor, out: torch.Tensor, tiles: List[int], planes: int) -> None:
     d = x.shape[2]
     for start in range(0, d, planes):
         lo, hi = max(start - 1, 0), min(start + planes + 1, d)   # the input planes this slab reads
@@ -91,13 +91,13 @@ def _run_slabs(run: Callable, x: torch.Tensor, u: torch.Tensor, bias: Optional[t
         piece[:, :, first:last].copy_(x[:, :, lo:hi])
         piece[:, :, :first].zero_()
         piece[:, :, last:].zero_()
-        y = run(piece, u, bias, (tiles[1], tiles[2]), channels_last)
+        y = run(piece, u, bias, (tiles[1], tiles[2]))
         out[:, :, start:start + planes] = y[:, :, :min(planes, d - start)]
 
 
 def _fake(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
     n, c, d, h, w = x.shape
-    return torch.empty((n, u.shape[-1], d, h, w), dtype=x.dtype, device=x.device, memory_format=_layout(x))
+    return torch.empty((n, u.shape[-1], d, h, w), dtype=x.dtype, device=x.device)
 
 
 def _register() -> Optional[Callable]:
@@ -105,7 +105,10 @@ def _register() -> Optional[Callable]:
     custom_op = getattr(torch.library, "custom_op", None)
     if custom_op is None:
         return None
-    op = custom_op(OP_NAME, mutates_args=())(_op_impl)
+    # Any input layout will do (TorchInductor then hands over the activation as it has it, instead of a copy
+    # in the traced layout); the output is always in the standard layout.
+    flexible = getattr(torch.Tag, "flexible_layout", None)
+    op = custom_op(OP_NAME, mutates_args=(), tags=(flexible,) if flexible is not None else ())(_op_impl)
     op.register_fake(_fake)
     return op
 
