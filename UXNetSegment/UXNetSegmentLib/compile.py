@@ -103,9 +103,16 @@ class CompiledNetwork:
             return
         options = {"freezing": True} if device.type == "cpu" else {}
         try:
-            self.forward = torch.compile(network, dynamic=False, options=options)
+            compiled = torch.compile(network, dynamic=False, options=options)
         except Exception as exc:  # the compiler can refuse the module outright
             self.failed = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+            return
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            with frozen_weights(device):  # every call: a trace Dynamo starts again (a guard failed) freezes too
+                return compiled(x)
+
+        self.forward = forward
 
     def is_built(self, shape: Tuple[int, ...]) -> bool:
         return tuple(shape) in self.shapes
@@ -117,8 +124,7 @@ class CompiledNetwork:
         """Compile for ``x``'s shape by running it once; returns (output, seconds). Raises on failure."""
         start = time.perf_counter()
         try:
-            with frozen_weights(self.device):
-                out = run(self.forward, x)
+            out = run(self.forward, x)
         except torch.cuda.OutOfMemoryError:
             raise
         except Exception as exc:
