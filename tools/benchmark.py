@@ -6,7 +6,8 @@ Every measured run is its own subprocess so that the allocator settings match th
 * ``plain``  eager PyTorch, glibc's default allocator (no ``MALLOC_*`` variables, no ``mallopt``),
   MONAI ``sliding_window_inference`` with ``sw_batch_size`` 4 and the full ``Invertd`` —
   :func:`UXNetSegmentLib.reference.reference_segment`;
-* ``exact``  :func:`UXNetSegmentLib.api.segment_image` in fp32 (the default), in a child with the
+* ``exact``  :func:`UXNetSegmentLib.api.segment_image` in fp32 (the default) on the checkpoint file, as
+  the CLI runs it (so the compiled build releases the module's own weights), in a child with the
   allocator variables the Slicer module sets, plus ``tune_allocator()`` as ``segment_file`` does;
 * ``fast``   the same with ``fast=True``.
 
@@ -150,7 +151,16 @@ def worker(args) -> None:
         result["mallopt"] = tune_allocator()
     image = sitk.ReadImage(args.image)
     spec = load_spec(args.spec)
-    net = load_network(args.weights, spec.num_classes)
+    if args.worker == "plain":
+        net = load_network(args.weights, spec.num_classes)
+    else:
+        # As the CLI and Slicer's child process load it: the engine's own copy (which its compiled build may
+        # release), reused below by segment_image.
+        from UXNetSegmentLib.api import cached_network
+        net = cached_network(args.weights, spec.num_classes)
+
+        def reload():
+            return cached_network(args.weights, spec.num_classes, fresh=True)
     result["rss_loaded"] = peak_rss_bytes()
     windows = []
     if args.worker == "plain":
@@ -185,11 +195,12 @@ def worker(args) -> None:
             from UXNetSegmentLib.devices import Predictor
             from UXNetSegmentLib.pipeline import run_recipe
             from UXNetSegmentLib.resample import to_image
-            predictor = Predictor(net, torch.device("cpu"), fast=args.worker == "fast", progress=progress)
+            predictor = Predictor(net, torch.device("cpu"), fast=args.worker == "fast", progress=progress,
+                                  reload=reload)
             raw = run_recipe(image, spec, Replay(predictor, args.replay), overlap=args.overlap, progress=progress)
             labels = to_image(raw.labels, image)
         else:
-            labels = segment_image(image, spec, network=net, device="cpu", overlap=args.overlap,
+            labels = segment_image(image, spec, weights=args.weights, device="cpu", overlap=args.overlap,
                                    fast=args.worker == "fast", progress=progress).labels
         result["seconds"] = time.perf_counter() - start
         stamps = [t for t, s, _, _ in events if s == "inference"]

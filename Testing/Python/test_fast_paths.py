@@ -198,3 +198,67 @@ def test_cpu_build_freezes_the_weights(monkeypatch):
     assert predictor.compiling and kept_inputs == [1], f"weights left as graph inputs: {kept_inputs}"
     with torch.no_grad():
         assert float((out - net(x)).abs().max()) < 1e-4
+
+
+def test_compiled_build_releases_the_weights_it_froze_and_reloads_them_for_eager():
+    """Given ``reload`` (the engine's own network), the CPU build hands the weights to the compiled graph: the
+    module keeps placeholders only (0.2 GB saved at full size); later runs reuse the build, and eager PyTorch
+    gets the weights back from ``reload``. Without ``reload`` (a caller's own network) they stay."""
+    from UXNetSegmentLib.errors import UXNetError
+
+    def make():
+        return MiniSegmenter(classes=4, width=6, seed=21).eval()
+
+    reloads = []
+
+    def reload():
+        reloads.append(1)
+        return make()
+
+    cpu = torch.device("cpu")
+    x = torch.rand(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        expected = make()(x)
+    net = make()
+    out = Predictor(net, cpu, compile=True, reload=reload)(x)
+    assert uxcompile.weights_released(net) and all(p.is_meta for p in net.parameters())
+    assert float((out - expected).abs().max()) < 1e-4
+
+    events = []
+    again = Predictor(net, cpu, compile=True, reload=reload, progress=lambda s, f, d: events.append(s))
+    assert again.compiling and again.network is net
+    assert torch.equal(again(x), out) and "compile" not in events and not reloads
+
+    eager = Predictor(net, cpu, compile=False, reload=reload)
+    assert reloads == [1] and not uxcompile.weights_released(eager.network)
+    assert float((eager(x) - expected).abs().max()) < 1e-5
+    with pytest.raises(UXNetError, match="load the network again"):
+        Predictor(net, cpu, compile=False)
+
+    own = make()
+    Predictor(own, cpu, compile=True)(x)
+    assert not uxcompile.weights_released(own)
+
+
+def test_segment_image_lets_the_build_release_only_a_network_it_loaded(monkeypatch):
+    from engine_helpers import FIXTURE_WEIGHTS, fixture_spec
+    from UXNetSegmentLib import api
+    from UXNetSegmentLib.checkpoint import load_network
+    seen = []
+
+    class Spy(Predictor):
+        def __init__(self, network, device, **kw):
+            seen.append(kw.get("reload"))
+            super().__init__(network, device, **kw)
+
+    monkeypatch.setattr(api, "Predictor", Spy)
+    image = synthetic_ct(size=(20, 20, 12), spacing=(2.0, 2.0, 3.0))
+    spec = fixture_spec(roi_size=[32, 32, 32])
+    api.segment_image(image, spec, weights=FIXTURE_WEIGHTS, device="cpu")
+    assert seen[-1] is not None
+    fresh = seen[-1]()
+    assert fresh is api.cached_network(FIXTURE_WEIGHTS, spec.num_classes)  # the cache now holds the new copy
+    mine = load_network(FIXTURE_WEIGHTS, num_classes=spec.num_classes)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), mine.state_dict().values()))
+    api.segment_image(image, spec, network=mine, device="cpu")
+    assert seen[-1] is None

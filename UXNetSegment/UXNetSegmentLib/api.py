@@ -20,12 +20,13 @@ from .resample import to_image
 _NETWORKS: dict = {}
 
 
-def cached_network(weights, num_classes: int) -> torch.nn.Module:
-    """Load a checkpoint once per process (keyed by path, size and mtime), so repeated calls reuse it."""
+def cached_network(weights, num_classes: int, fresh: bool = False) -> torch.nn.Module:
+    """Load a checkpoint once per process (keyed by path, size and mtime), so repeated calls reuse it
+    (and its compiled form); ``fresh`` loads it again (its weights were released to a compiled form)."""
     path = Path(weights).resolve()
     stat = path.stat() if path.is_file() else None
     key = (str(path), stat.st_size, stat.st_mtime_ns, num_classes) if stat else None
-    if key is None or key not in _NETWORKS:
+    if key is None or key not in _NETWORKS or fresh:
         network = load_network(path, num_classes)
         if key is None:
             return network
@@ -76,6 +77,7 @@ def segment_image(image: sitk.Image, spec: ModelSpec, weights=None, network: Opt
     image = validate_image(image)
     dev = resolve_device(device)
     start = time.perf_counter()
+    reload = None
     if network is None:
         if weights is None:
             weights = spec.weights_path()
@@ -83,13 +85,16 @@ def segment_image(image: sitk.Image, spec: ModelSpec, weights=None, network: Opt
             raise UXNetError(f"no weights for '{spec.name}'; pass weights=FILE or download them")
         report(progress, "load", 0.0, f"reading {Path(weights).name}")
         network = cached_network(weights, spec.num_classes)
+
+        def reload() -> torch.nn.Module:  # the network is ours: its compiled build may release its weights
+            return cached_network(weights, spec.num_classes, fresh=True)
     elif network.out.conv.conv.out_channels != spec.num_classes:
         raise UXNetError(f"the network predicts {network.out.conv.conv.out_channels} classes but "
                          f"'{spec.name}' has {spec.num_classes}; use the matching spec")
     report(progress, "load", 1.0, device_description(dev))
 
     def run(device_now: torch.device, batch: int):
-        predictor = Predictor(network, device_now, fast=fast, tta=tta, progress=progress)
+        predictor = Predictor(network, device_now, fast=fast, tta=tta, progress=progress, reload=reload)
         return run_recipe(image, spec, predictor, overlap=overlap, uncertainty="entropy" if uncertainty else None,
                           batch_size=batch, progress=progress, cancel=cancel), device_now
 

@@ -10,6 +10,12 @@ TorchInductor keeps what it builds on disk and reuses it in later processes (a c
 full-size network takes minutes, a warm one about half a minute). Its default folder is under the
 temporary directory, which a reboot empties; the engine moves it to its own cache folder
 (``~/.cache/uxnet-segment/torchinductor``) unless ``TORCHINDUCTOR_CACHE_DIR`` is set already.
+
+Freezing copies the weights into the compiled graph (pre-packed, or Winograd-transformed), so the
+module's own copy is dead weight: 0.2 GB for the official networks. A build asked to ``release``
+them lets TorchInductor discard it (its ``freezing_discard_parameters``); the module's parameters
+are then empty placeholders on the ``meta`` device, and only the compiled form can run. Callers
+that can load the weights again (the engine's own runs) ask for it; see ``devices.Predictor``.
 """
 import contextlib
 import os
@@ -55,15 +61,21 @@ def use_persistent_cache() -> Optional[str]:
     return os.environ.get(INDUCTOR_CACHE_ENV)
 
 
-def frozen_weights(device: torch.device):
+def frozen_weights(device: torch.device, discard: bool = False):
     """TorchInductor's freezing switched on while Dynamo traces (on the CPU): the weights become constants,
     convolutions get oneDNN's pre-packed weights and fused activations, and constant weight transforms are
     folded. Passing ``options={"freezing": True}`` to ``torch.compile`` alone no longer does it: Dynamo must
-    see the switch to treat the parameters as constants."""
+    see the switch to treat the parameters as constants. ``discard``: the module's own weights are dropped
+    once frozen (see the module's docstring)."""
     if device.type != "cpu":
         return contextlib.nullcontext()
     import torch._inductor.config as inductor_config
-    return inductor_config.patch(freezing=True)
+    return inductor_config.patch(freezing=True, freezing_discard_parameters=discard)
+
+
+def weights_released(network: torch.nn.Module) -> bool:
+    """True once a compiled build discarded ``network``'s own weights (only its compiled form can run)."""
+    return any(p.is_meta for p in network.parameters())
 
 
 def compile_unsupported_reason() -> Optional[str]:
@@ -78,8 +90,14 @@ def compile_unsupported_reason() -> Optional[str]:
     return None
 
 
+_RELEASED_KEYS: "weakref.WeakKeyDictionary[torch.nn.Module, Tuple[int, int]]" = weakref.WeakKeyDictionary()
+
+
 def weights_key(network: torch.nn.Module) -> Tuple[int, int]:
-    """Changes whenever a parameter or buffer is replaced or modified in place (so a frozen graph is stale)."""
+    """Changes whenever a parameter or buffer is replaced or modified in place (so a frozen graph is stale);
+    a network whose weights were released keeps the key they had."""
+    if weights_released(network):
+        return _RELEASED_KEYS.get(network, (0, 0))
     ptrs, versions = 0, 0
     for t in list(network.parameters()) + list(network.buffers()):
         ptrs = hash((ptrs, t.data_ptr()))
@@ -90,9 +108,11 @@ def weights_key(network: torch.nn.Module) -> Tuple[int, int]:
 class CompiledNetwork:
     """A compiled forward for one network/device/precision/layout; remembers which shapes are built."""
 
-    def __init__(self, network: torch.nn.Module, device: torch.device):
+    def __init__(self, network: torch.nn.Module, device: torch.device, release: bool = False):
         self.network = network
         self.device = device
+        self.release = release and device.type == "cpu"
+        self.weights_key: Tuple[int, int] = (0, 0)
         self.forward: Optional[Callable] = None
         self.shapes: Set[Tuple[int, ...]] = set()
         self.failed: Optional[str] = None
@@ -109,7 +129,9 @@ class CompiledNetwork:
             return
 
         def forward(x: torch.Tensor) -> torch.Tensor:
-            with frozen_weights(device):  # every call: a trace Dynamo starts again (a guard failed) freezes too
+            # Every call: a trace Dynamo starts again (a guard failed) freezes too. Only the first build may
+            # discard the weights (later traces no longer have them).
+            with frozen_weights(device, discard=self.release and not self.shapes):
                 return compiled(x)
 
         self.forward = forward
@@ -131,25 +153,44 @@ class CompiledNetwork:
             self.failed = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
             raise
         self.shapes.add(tuple(x.shape))
+        if self.release and weights_released(self.network):
+            _RELEASED_KEYS[self.network] = self.weights_key  # the cache still finds this build
         return out, time.perf_counter() - start
+
+    def built_any(self) -> bool:
+        return self.failed is None and bool(self.shapes)
 
 
 _CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, Dict[tuple, CompiledNetwork]]" = weakref.WeakKeyDictionary()
 
 
+def _cache_key(network: torch.nn.Module, device: torch.device, dtype: Optional[torch.dtype],
+               channels_last: bool) -> tuple:
+    return (device.type, device.index, str(dtype), channels_last, weights_key(network))
+
+
 def compiled_for(network: torch.nn.Module, device: torch.device, dtype: Optional[torch.dtype],
-                 channels_last: bool) -> CompiledNetwork:
-    """The process-wide compiled form of ``network`` (created on first use, never twice)."""
+                 channels_last: bool, release: bool = False) -> CompiledNetwork:
+    """The process-wide compiled form of ``network`` (created on first use, never twice). ``release``: its
+    first CPU build may discard the module's own weights (callers that can load them again)."""
     per_net = _CACHE.setdefault(network, {})
-    key = (device.type, device.index, str(dtype), channels_last, weights_key(network))
+    key = _cache_key(network, device, dtype, channels_last)
     entry = per_net.get(key)
     if entry is None:
         # A stale entry (old weights) would keep the old frozen constants alive: drop it.
         for old in [k for k in per_net if k[:4] == key[:4]]:
             del per_net[old]
-        entry = CompiledNetwork(network, device)
+        entry = CompiledNetwork(network, device, release=release and not weights_released(network))
+        entry.weights_key = key[4]
         per_net[key] = entry
     return entry
+
+
+def built_for(network: torch.nn.Module, device: torch.device, dtype: Optional[torch.dtype],
+              channels_last: bool) -> bool:
+    """Whether a compiled form of ``network`` for this device/precision/layout is built and usable."""
+    entry = _CACHE.get(network, {}).get(_cache_key(network, device, dtype, channels_last))
+    return entry is not None and entry.built_any()
 
 
 def clear_cache() -> None:

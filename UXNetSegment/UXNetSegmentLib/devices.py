@@ -6,7 +6,7 @@ from typing import Callable, List, Optional, Tuple
 
 import torch
 
-from .compile import ENV_SWITCH, CompiledNetwork, compile_enabled, compiled_for
+from .compile import ENV_SWITCH, CompiledNetwork, built_for, compile_enabled, compiled_for, weights_released
 from .cpu_layout import keep_channels_last, prepare_for_compile, to_channels_last
 from .errors import UXNetError
 from .network import UXNet
@@ -72,8 +72,9 @@ class HeapTrimmer:
     each large activation, but freed activations of different sizes leave holes that later windows reuse only
     in part, and the holes stay resident, so the peak RSS crept up over the windows (256x256x160: 3.00 GiB
     after 14 windows, 3.22 GiB after 75, against about 2.3-2.6 GiB for the first). After each window,
-    :meth:`after_window` compares the resident set with the one after the first window and trims the heap
-    when it has grown by ``growth`` bytes; trimming every window instead costs 8-15% per window here (the
+    :meth:`after_window` compares the resident set with the lowest after an earlier window and trims the heap
+    when it has grown by ``growth`` bytes (the window that built the compiled network does not count: its
+    lower level would make every later window trim); trimming every window instead costs 8-15% per window here (the
     next window faults its whole working set back in). Only where :func:`tune_allocator` took effect;
     ``UXNET_TRIM=0`` switches it off."""
 
@@ -187,18 +188,26 @@ class Predictor:
     ``compile`` (None: automatic, see :func:`want_compile`) runs the network through TorchInductor,
     built once per process per network, precision and window shape; the build is reported as the
     ``compile`` progress stage, and any compiler failure falls back to eager with a warning.
+    ``reload`` (a function giving the same network, freshly loaded) lets the CPU build release the
+    module's own weights (0.2 GB for the official networks; the compiled graph keeps its frozen copy),
+    and is called if eager PyTorch is needed afterwards.
     """
 
     def __init__(self, network: torch.nn.Module, device: torch.device, fast: bool = False, tta: bool = False,
                  progress: Optional[ProgressCallback] = None, compile: Optional[bool] = None,
-                 dtype: Optional[torch.dtype] = None):
+                 dtype: Optional[torch.dtype] = None, reload: Optional[Callable[[], torch.nn.Module]] = None):
         self.device = device
-        self.network = network.to(device).eval()
+        self.reload = reload
         # ``dtype`` forces an autocast precision (accuracy studies); without native support it is emulated.
         self.dtype = dtype if dtype is not None else (fast_dtype(device) if fast else None)
         self.flips = FLIPS if tta else [()]
         self.progress = progress
         self.channels_last = device.type == "cuda" and self.dtype is not None
+        if weights_released(network) and not (want_compile(network, compile, device)
+                                              and built_for(network, device, self.dtype, self.channels_last)):
+            network = self._reloaded()  # its compiled form does not fit this request
+        # (A released network stays as it is: its compiled form is for this device.)
+        self.network = network if weights_released(network) else network.to(device).eval()
         if fast and self.dtype is None and dtype is None:
             report(progress, "warning", 0.0, "fast mode needs bf16 support (AVX512-BF16 or AMX) on this CPU; "
                                              "running exact fp32")
@@ -207,14 +216,17 @@ class Predictor:
             if self.channels_last:
                 self.network = self.network.to(memory_format=torch.channels_last_3d)
         self.heap = HeapTrimmer()
+        self.built_now = False
         self.compiled: Optional[CompiledNetwork] = None
         if want_compile(self.network, compile, device):
             if device.type == "cpu":
                 prepare_for_compile(self.network, winograd=winograd_enabled())
-            self.compiled = compiled_for(self.network, device, self.dtype, self.channels_last)
+            self.compiled = compiled_for(self.network, device, self.dtype, self.channels_last,
+                                         release=reload is not None)
             if self.compiled.failed is not None:
                 self._warn_eager(self.compiled.failed)
                 self.compiled = None
+                self._need_weights()
         # Eager CPU: windows travel channels-last through the network (same fp32 arithmetic, fewer reorders).
         # Only for UX-Net itself: its layout-keeping norms work in place, which is safe in its MONAI blocks.
         self.cpu_channels_last = (device.type == "cpu" and self.dtype is None and self.compiled is None
@@ -226,6 +238,18 @@ class Predictor:
     def compiling(self) -> bool:
         """True while the compiled path is in use (False after a fallback to eager)."""
         return self.compiled is not None and self.compiled.failed is None
+
+    def _reloaded(self) -> torch.nn.Module:
+        """The network with its weights, for eager PyTorch after its compiled build released them."""
+        if self.reload is None:
+            raise UXNetError("this network's weights were handed to its compiled form, which cannot run this "
+                             "request; load the network again (or pass reload=) to run it")
+        return self.reload().to(self.device).eval()
+
+    def _need_weights(self) -> None:
+        """Before eager PyTorch: load the weights again if a compiled build released them."""
+        if weights_released(self.network):
+            self.network = self._reloaded()
 
     def _warn_eager(self, why: str) -> None:
         report(self.progress, "warning", 0.0, f"could not compile the network ({why}); running eager PyTorch")
@@ -254,7 +278,9 @@ class Predictor:
                 self.compiled = None
             else:
                 report(self.progress, "compile", 1.0, f"compiled in {seconds:.0f} s")
+                self.built_now = True
                 return out
+        self._need_weights()
         return self._run(self.network, x)
 
     def __call__(self, windows: torch.Tensor) -> torch.Tensor:
@@ -270,7 +296,10 @@ class Predictor:
         out = out.float().cpu()
         if self.device.type == "cpu":
             del x, y
-            self.heap.after_window()
+            if self.built_now:  # the build's own leftovers are not the windows' baseline
+                self.built_now = False
+            else:
+                self.heap.after_window()
         return out
 
 

@@ -107,7 +107,6 @@ class UXNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s0, s1, s2, s3 = self.uxnet_3d(x)
-        enc1 = self.encoder1(x)
         enc2 = self.encoder2(s0)
         enc3 = self.encoder3(s1)
         enc4 = self.encoder4(s2)
@@ -115,5 +114,6 @@ class UXNet(nn.Module):
         d = self.decoder5(hidden, enc4)
         d = self.decoder4(d, enc3)
         d = self.decoder3(d, enc2)
+        enc1 = self.encoder1(x)
         d = self.decoder2(d, enc1)
         return self.out(self.decoder1(d))
