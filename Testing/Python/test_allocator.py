@@ -55,3 +55,19 @@ def test_predictor_reports_each_cpu_window_to_its_trimmer(monkeypatch):
     for _ in range(3):
         assert torch.equal(predictor(x), expected)
     assert len(calls) == 3
+
+
+def test_the_window_that_builds_the_compiled_network_does_not_set_the_trim_baseline(monkeypatch):
+    """The build's window ends lower than later windows (its leftovers are elsewhere); as the baseline it
+    would make every later window trim (and pay the page faults of refilling the heap)."""
+    monkeypatch.setenv("UXNET_COMPILE", "1")
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 3, 3, padding=1), torch.nn.GELU()).eval()
+    predictor = Predictor(net, torch.device("cpu"), compile=True)
+    calls = []
+    monkeypatch.setattr(predictor.heap, "after_window", lambda: calls.append(1) or False)
+    x = torch.rand(1, 1, 10, 10, 10)
+    predictor(x)
+    assert predictor.compiling and calls == []
+    predictor(x)
+    predictor(x)
+    assert len(calls) == 2
