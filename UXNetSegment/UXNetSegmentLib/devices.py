@@ -72,10 +72,10 @@ class HeapTrimmer:
     each large activation, but freed activations of different sizes leave holes that later windows reuse only
     in part, and the holes stay resident, so the peak RSS crept up over the windows (256x256x160: 3.00 GiB
     after 14 windows, 3.22 GiB after 75, against about 2.3-2.6 GiB for the first). After each window,
-    :meth:`after_window` compares the resident set with the lowest after an earlier window and trims the heap
-    when it has grown by ``growth`` bytes (the window that built the compiled network does not count: its
-    lower level would make every later window trim); trimming every window instead costs 8-15% per window here (the
-    next window faults its whole working set back in). Only where :func:`tune_allocator` took effect;
+    :meth:`after_window` compares the resident set with the lowest after an earlier window and trims the
+    heap when it has grown by ``growth`` bytes (the window that built the compiled network does not count:
+    its lower level would make every later window trim); trimming every window instead costs 8-15% per
+    window here (the next window faults its whole working set back in). Only where :func:`tune_allocator` took effect;
     ``UXNET_TRIM=0`` switches it off."""
 
     def __init__(self, growth: int = TRIM_GROWTH_BYTES):
@@ -203,11 +203,12 @@ class Predictor:
         self.flips = FLIPS if tta else [()]
         self.progress = progress
         self.channels_last = device.type == "cuda" and self.dtype is not None
-        if weights_released(network) and not (want_compile(network, compile, device)
-                                              and built_for(network, device, self.dtype, self.channels_last)):
-            network = self._reloaded()  # its compiled form does not fit this request
-        # (A released network stays as it is: its compiled form is for this device.)
-        self.network = network if weights_released(network) else network.to(device).eval()
+        wants_compile = want_compile(network, compile, device)
+        released = weights_released(network)
+        if released and not (wants_compile and built_for(network, device, self.dtype, self.channels_last)):
+            network, released = self._reloaded(), False  # its compiled form does not fit this request
+        # A released network stays as it is: its compiled form is for this device.
+        self.network = network if released else network.to(device).eval()
         if fast and self.dtype is None and dtype is None:
             report(progress, "warning", 0.0, "fast mode needs bf16 support (AVX512-BF16 or AMX) on this CPU; "
                                              "running exact fp32")
@@ -218,7 +219,7 @@ class Predictor:
         self.heap = HeapTrimmer()
         self.built_now = False
         self.compiled: Optional[CompiledNetwork] = None
-        if want_compile(self.network, compile, device):
+        if wants_compile:
             if device.type == "cpu":
                 prepare_for_compile(self.network, winograd=winograd_enabled())
             self.compiled = compiled_for(self.network, device, self.dtype, self.channels_last,
