@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
-export QT_QPA_PLATFORM=offscreen MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647
+export QT_QPA_PLATFORM=offscreen
 exec .venv/bin/python -m pytest -q "$@"

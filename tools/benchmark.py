@@ -7,8 +7,8 @@ Every measured run is its own subprocess so that the allocator settings match th
   MONAI ``sliding_window_inference`` with ``sw_batch_size`` 4 and the full ``Invertd`` —
   :func:`UXNetSegmentLib.reference.reference_segment`;
 * ``exact``  :func:`UXNetSegmentLib.api.segment_image` in fp32 (the default) on the checkpoint file, as
-  the CLI runs it (so the compiled build releases the module's own weights), in a child with the
-  allocator variables the Slicer module sets, plus ``tune_allocator()`` as ``segment_file`` does;
+  the CLI's ``segment`` runs it: MONAI imported without its unused extras, ``tune_allocator()``, and the
+  checkpoint loaded by the engine (so the compiled build releases the module's own weights);
 * ``fast``   the same with ``fast=True``.
 
 The network is the official full-size 3D UX-Net (feat 48/96/192/384, hidden 768) with random
@@ -141,13 +141,16 @@ class Replay:
 
 
 def worker(args) -> None:
+    if args.worker != "plain":
+        from UXNetSegmentLib.lean_import import import_monai_lean
+        import_monai_lean()  # as the CLI's segment command does
     import torch
     from UXNetSegmentLib.catalogue import load_spec
     from UXNetSegmentLib.checkpoint import load_network
     result = {"mode": args.worker, "threads": torch.get_num_threads(),
               "malloc_env": {k: os.environ[k] for k in MALLOC_KEYS if k in os.environ}}
     if args.worker != "plain":
-        from UXNetSegmentLib.devices import tune_allocator
+        from UXNetSegmentLib.allocator import tune_allocator
         result["mallopt"] = tune_allocator()
     image = sitk.ReadImage(args.image)
     spec = load_spec(args.spec)
@@ -223,7 +226,8 @@ def floor_worker(args) -> None:
     """Rate of one dense 48->48 3x3x3 conv on 96^3, channels-last fp32 (and native bf16 where the CPU has it),
     and the network's dense conv FLOPs."""
     import torch
-    from UXNetSegmentLib.devices import cpu_has_bf16, tune_allocator
+    from UXNetSegmentLib.allocator import tune_allocator
+    from UXNetSegmentLib.devices import cpu_has_bf16
     from UXNetSegmentLib.catalogue import load_spec
     from UXNetSegmentLib.checkpoint import load_network
     tune_allocator()
@@ -269,7 +273,7 @@ def floor_worker(args) -> None:
 # Driver
 # ----------------------------------------------------------------------------------------------
 def child_env(mode: str) -> dict:
-    from UXNetSegmentLib.devices import child_environment
+    from UXNetSegmentLib.allocator import child_environment
     env = {k: v for k, v in os.environ.items() if k not in MALLOC_KEYS}
     env["PYTHONPATH"] = str(REPO / "UXNetSegment")
     if mode != "plain":
@@ -466,7 +470,8 @@ def accuracy_runs(args) -> dict:
     import torch
     from UXNetSegmentLib.catalogue import load_spec
     from UXNetSegmentLib.checkpoint import load_network
-    from UXNetSegmentLib.devices import Predictor, tune_allocator
+    from UXNetSegmentLib.allocator import tune_allocator
+    from UXNetSegmentLib.devices import Predictor
     from UXNetSegmentLib.imageio import read_image
     from UXNetSegmentLib.pipeline import run_recipe
     tune_allocator()

@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "UXNetSegment"))
 
 import torch  # noqa: E402
 
-from UXNetSegmentLib.devices import Predictor, tune_allocator  # noqa: E402
+from UXNetSegmentLib.allocator import tune_allocator  # noqa: E402
+from UXNetSegmentLib.devices import Predictor  # noqa: E402
 from UXNetSegmentLib.network import UXNet  # noqa: E402
 
 VARIANTS = {  # name: (channels-last eager allowed, compile, autocast dtype, Winograd)

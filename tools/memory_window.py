@@ -24,7 +24,8 @@ SETTINGS = {
 
 def child(setting: str, windows: int) -> None:
     import torch
-    from UXNetSegmentLib.devices import Predictor, tune_allocator
+    from UXNetSegmentLib.allocator import tune_allocator
+    from UXNetSegmentLib.devices import Predictor
     from UXNetSegmentLib.network import UXNet
     if setting == "mmap_max_0":
         tune_allocator()

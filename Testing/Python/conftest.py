@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 @pytest.fixture(scope="session", autouse=True)
 def _engine_process_setup():
     """The same allocator tuning the CLI applies, so in-process engine runs are as fast as the product."""
-    from UXNetSegmentLib.devices import tune_allocator
+    from UXNetSegmentLib.allocator import tune_allocator
     tune_allocator()
 
 

@@ -1,10 +1,12 @@
-"""The tuned glibc allocator: large tensors stay on the heap, and the heap is trimmed when it grows over windows."""
+"""The tuned glibc allocator: a window's large tensors stay on the heap, everything else is mapped and given back,
+and the heap is trimmed when it grows over windows."""
 import sys
 
 import pytest
 import torch
 
-from UXNetSegmentLib.devices import HeapTrimmer, Predictor, release_free_heap, resident_bytes, tune_allocator
+from UXNetSegmentLib.allocator import HeapTrimmer, network_heap, release_free_heap, resident_bytes, tune_allocator
+from UXNetSegmentLib.devices import Predictor
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or resident_bytes() is None,
                                 reason="glibc (mallopt, malloc_trim) and /proc only")
@@ -12,37 +14,78 @@ MIB = 1 << 20
 
 
 def grow_heap(mib: int = 512) -> int:
-    """Allocate, touch and free ``mib`` MiB on the tuned heap; returns the resident bytes just after the free."""
+    """Allocate, touch and free ``mib`` MiB; returns the resident bytes just after the free."""
     block = torch.ones(mib * MIB // 4)
     del block
     return resident_bytes()
 
 
-def test_tuned_heap_keeps_freed_tensors_resident_until_released():
-    assert tune_allocator()
-    before = grow_heap()
-    assert release_free_heap()
-    assert before - resident_bytes() >= 400 * MIB
-
-
-def test_trimmer_trims_only_when_the_resident_set_grew_past_its_lowest(monkeypatch):
+def test_network_heap_keeps_freed_tensors_resident_and_everything_else_goes_back():
     assert tune_allocator()
     release_free_heap()
-    trimmer = HeapTrimmer(growth=256 * MIB)
+    before = resident_bytes()
+    assert grow_heap() - before < 64 * MIB             # outside: its own mapping, returned when freed
+    with network_heap():
+        with network_heap():                           # nested (flipped windows): still the heap
+            grow_heap(256)
+        kept = grow_heap()
+    assert kept - before >= 400 * MIB                  # inside: kept on the heap for the next window
+    assert grow_heap() - before >= 400 * MIB           # a block outside does not take the heap's pages back...
+    assert release_free_heap()
+    assert resident_bytes() - before < 64 * MIB        # ...until the heap is trimmed
+
+
+def test_trimmer_trims_only_when_the_resident_set_grew_past_its_settled_level(monkeypatch):
+    assert tune_allocator()
+    release_free_heap()
+    trimmer = HeapTrimmer(growth=256 * MIB, settle=2)
     assert trimmer.active
-    assert not trimmer.after_window()          # the first window sets the baseline
-    assert not trimmer.after_window()          # no growth
-    before = grow_heap(512)
+    assert not trimmer.after_window()          # the first windows set the settled level...
+    with network_heap():
+        keep = torch.ones(384 * MIB // 4)      # (a second window that ends higher than the first)
+    assert not trimmer.after_window()          # ...as the highest of them: no trim while settling
+    del keep
+    assert not trimmer.after_window()          # at the settled level
+    with network_heap():
+        before = grow_heap(768)
     assert trimmer.after_window() and trimmer.trims == 1
-    assert before - resident_bytes() >= 400 * MIB
-    grow_heap(128)                             # less than the allowed growth: kept for the next window
+    assert before - resident_bytes() >= 600 * MIB
+    with network_heap():
+        grow_heap(128)                         # less than the allowed growth: kept for the next window
     assert not trimmer.after_window()
     monkeypatch.setenv("UXNET_TRIM", "0")
-    off = HeapTrimmer(growth=256 * MIB)
+    off = HeapTrimmer(growth=256 * MIB, settle=1)
     off.after_window()
-    before = grow_heap(512)
+    with network_heap():
+        before = grow_heap(512)
     assert not off.active and not off.after_window()
     assert before - resident_bytes() < 100 * MIB
+    release_free_heap()
+
+
+class Allocating(torch.nn.Module):
+    """Allocates and frees ``mib`` MiB in its forward pass, like a window's activations."""
+
+    def __init__(self, mib: int):
+        super().__init__()
+        self.conv = torch.nn.Conv3d(1, 1, 1)
+        self.mib = mib
+
+    def forward(self, x):
+        grow_heap(self.mib)
+        return self.conv(x)
+
+
+def test_predictor_runs_the_network_on_the_heap():
+    assert tune_allocator()
+    predictor = Predictor(Allocating(512), torch.device("cpu"), compile=False)
+    release_free_heap()
+    before = resident_bytes()
+    predictor(torch.rand(1, 1, 4, 4, 4))
+    assert resident_bytes() - before >= 400 * MIB
+    release_free_heap()
+    Allocating(512)(torch.rand(1, 1, 4, 4, 4))  # the same forward outside the predictor: given back
+    assert resident_bytes() - before < 64 * MIB
 
 
 def test_predictor_reports_each_cpu_window_to_its_trimmer(monkeypatch):
@@ -57,17 +100,28 @@ def test_predictor_reports_each_cpu_window_to_its_trimmer(monkeypatch):
     assert len(calls) == 3
 
 
-def test_the_window_that_builds_the_compiled_network_does_not_set_the_trim_baseline(monkeypatch):
-    """The build's window ends lower than later windows (its leftovers are elsewhere); as the baseline it
-    would make every later window trim (and pay the page faults of refilling the heap)."""
+def test_the_compiled_build_is_mapped_and_does_not_set_the_trim_baseline(monkeypatch):
+    """The build (tracing, constant folding, its own window) runs outside the heap, so its garbage goes back to
+    the OS instead of leaving holes the windows fill only in part; the windows after it run on the heap. Its
+    window is not the trimmer's baseline either (it ends lower than later windows)."""
     monkeypatch.setenv("UXNET_COMPILE", "1")
-    net = torch.nn.Sequential(torch.nn.Conv3d(1, 3, 3, padding=1), torch.nn.GELU()).eval()
-    predictor = Predictor(net, torch.device("cpu"), compile=True)
+    assert tune_allocator()
+    def network():
+        return torch.nn.Sequential(torch.nn.Conv3d(1, 8, 3, padding=1), torch.nn.GELU(),
+                                   torch.nn.Conv3d(8, 1, 3, padding=1)).eval()
+    Predictor(network(), torch.device("cpu"), compile=True)(torch.rand(1, 1, 8, 8, 8))  # the compiler's imports
+    predictor = Predictor(network(), torch.device("cpu"), compile=True)
     calls = []
     monkeypatch.setattr(predictor.heap, "after_window", lambda: calls.append(1) or False)
-    x = torch.rand(1, 1, 10, 10, 10)
-    predictor(x)
+    x = torch.rand(1, 1, 128, 128, 128)        # 64 MiB per 8-channel activation
+    release_free_heap()
+    before = resident_bytes()
+    out = predictor(x)
     assert predictor.compiling and calls == []
+    assert resident_bytes() - before < 48 * MIB
+    del out
     predictor(x)
     predictor(x)
     assert len(calls) == 2
+    assert resident_bytes() - before >= 60 * MIB   # the built windows' activations stay on the heap
+    release_free_heap()

@@ -7,9 +7,10 @@ from typing import Optional, Tuple
 import SimpleITK as sitk
 import torch
 
+from .allocator import tune_allocator
 from .catalogue import ModelSpec, default_model, get_model, load_spec
 from .checkpoint import load_network
-from .devices import Predictor, device_description, resolve_device, run_with_fallback, tune_allocator
+from .devices import Predictor, device_description, resolve_device, run_with_fallback
 from .errors import UXNetError
 from .imageio import check_writable, read_image, validate_image, write_output, write_volume
 from .pipeline import run_recipe

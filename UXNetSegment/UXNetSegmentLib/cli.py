@@ -30,6 +30,8 @@ def _add_segment(sub) -> None:
 
 
 def _run_segment(args) -> None:
+    from .lean_import import import_monai_lean
+    import_monai_lean()  # before the engine imports MONAI: about 130 MiB less resident while segmenting
     from . import api
     args.progress_printer = _progress(args.progress)
     api.segment_file(args.input, args.output, model=args.model, weights=args.weights, spec=args.spec,

@@ -27,6 +27,7 @@ from typing import Callable, Dict, Optional, Set, Tuple
 import torch
 
 from .catalogue import cache_dir
+from .switches import switched_on
 
 ENV_SWITCH = "UXNET_COMPILE"
 INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
@@ -36,9 +37,7 @@ MAX_SHAPES = 8
 
 def compile_enabled() -> bool:
     """False when ``UXNET_COMPILE`` is 0/false/no/off, or torch has no ``torch.compile``."""
-    if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
-        return False
-    return hasattr(torch, "compile")
+    return switched_on(ENV_SWITCH) and hasattr(torch, "compile")
 
 
 def is_compiling() -> bool:

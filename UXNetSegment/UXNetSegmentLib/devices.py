@@ -1,16 +1,16 @@
 """Device choice, precision and the window predictor (compile, fast mode, TTA, CUDA out-of-memory fallback)."""
-import ctypes
 import os
-import sys
 from typing import Callable, List, Optional, Tuple
 
 import torch
 
+from .allocator import HeapTrimmer, network_heap
 from .compile import ENV_SWITCH, CompiledNetwork, built_for, compile_enabled, compiled_for, weights_released
 from .cpu_layout import keep_channels_last, prepare_for_compile, to_channels_last
 from .errors import UXNetError
 from .network import UXNet
 from .progress import ProgressCallback, report
+from .switches import switched_on
 
 # Networks smaller than this are not compiled unless asked (UXNET_COMPILE=1): compiling takes
 # 10-60 s, which only pays back on official-size models (tens of millions of parameters).
@@ -20,10 +20,6 @@ AUTO_COMPILE_MIN_PARAMS = 5_000_000
 AUTO_COMPILE_CPU_CAPABILITIES = ("AVX512",)
 CHANNELS_LAST_SWITCH = "UXNET_CHANNELS_LAST"
 WINOGRAD_SWITCH = "UXNET_WINOGRAD"
-TRIM_SWITCH = "UXNET_TRIM"
-# Resident growth past the first window that makes HeapTrimmer give the heap's free pages back.
-TRIM_GROWTH_BYTES = 192 << 20
-_allocator_tuned = False
 
 
 def cpu_capability() -> str:
@@ -34,89 +30,14 @@ def cpu_capability() -> str:
         return ""
 
 
-def tune_allocator() -> bool:
-    """Stop glibc from mmap-ing (and page-faulting) every large tensor: about 2x on CPU, same results."""
-    if not sys.platform.startswith("linux"):
-        return False
-    global _allocator_tuned
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-        _allocator_tuned = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
-    except (OSError, AttributeError):
-        _allocator_tuned = False
-    return _allocator_tuned
-
-
-def resident_bytes() -> Optional[int]:
-    """This process's resident set now (Linux ``/proc/self/statm``), or None where unknown."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError, AttributeError):
-        return None
-
-
-def release_free_heap() -> bool:
-    """Give the heap's free pages back to the OS (glibc ``malloc_trim``); True if any were."""
-    try:
-        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
-
-
-class HeapTrimmer:
-    """Bounds the resident heap over a volume's windows, at the cost of an occasional page-fault pass.
-
-    :func:`tune_allocator` keeps every tensor on the heap and never trims it: that saves the page faults of
-    each large activation, but freed activations of different sizes leave holes that later windows reuse only
-    in part, and the holes stay resident, so the peak RSS crept up over the windows (256x256x160: 3.00 GiB
-    after 14 windows, 3.22 GiB after 75, against about 2.3-2.6 GiB for the first). After each window,
-    :meth:`after_window` compares the resident set with the lowest after an earlier window and trims the
-    heap when it has grown by ``growth`` bytes (the window that built the compiled network does not count:
-    its lower level would make every later window trim); trimming every window instead costs 8-15% per
-    window here (the next window faults its whole working set back in). Only where :func:`tune_allocator` took effect;
-    ``UXNET_TRIM=0`` switches it off."""
-
-    def __init__(self, growth: int = TRIM_GROWTH_BYTES):
-        self.growth = growth
-        self.baseline: Optional[int] = None
-        self.trims = 0
-        self.active = _allocator_tuned and _switched_on(TRIM_SWITCH) and resident_bytes() is not None
-
-    def after_window(self) -> bool:
-        """Call after each window's tensors are freed; True if it trimmed."""
-        if not self.active:
-            return False
-        now = resident_bytes()
-        # The lowest resident set after a window so far (the first one also holds the compiler's leftovers).
-        if self.baseline is None or now < self.baseline:
-            self.baseline = now
-            return False
-        if now - self.baseline < self.growth or not release_free_heap():
-            return False
-        self.trims += 1
-        return True
-
-
-def child_environment() -> dict:
-    """Environment variables a child process should get for the same allocator behaviour."""
-    return {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647", "PYTHONUNBUFFERED": "1"}
-
-
-def _switched_on(name: str) -> bool:
-    """A default-on switch: off when the environment variable ``name`` is 0/false/no/off."""
-    return os.environ.get(name, "1").strip().lower() not in ("0", "false", "no", "off")
-
-
 def cpu_channels_last_enabled() -> bool:
     """Channels-last eager CPU inference (default on; ``UXNET_CHANNELS_LAST=0`` turns it off)."""
-    return _switched_on(CHANNELS_LAST_SWITCH)
+    return switched_on(CHANNELS_LAST_SWITCH)
 
 
 def winograd_enabled() -> bool:
     """Winograd 3x3x3 convolutions in the compiled fp32 CPU path (default on; ``UXNET_WINOGRAD=0`` turns it off)."""
-    return _switched_on(WINOGRAD_SWITCH)
+    return switched_on(WINOGRAD_SWITCH)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -265,10 +186,12 @@ class Predictor:
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         compiled = self.compiled
         if self.cpu_channels_last:
-            return self._run(self.network, to_channels_last(x))
+            with network_heap():
+                return self._run(self.network, to_channels_last(x))
         if compiled is not None and compiled.usable(tuple(x.shape)):
             if compiled.is_built(tuple(x.shape)):
-                return self._run(compiled.forward, x)
+                with network_heap():
+                    return self._run(compiled.forward, x)
             report(self.progress, "compile", 0.0, "compiling the network (once per process)…")
             try:
                 out, seconds = compiled.build(x, self._run)
@@ -282,7 +205,8 @@ class Predictor:
                 self.built_now = True
                 return out
         self._need_weights()
-        return self._run(self.network, x)
+        with network_heap():
+            return self._run(self.network, x)
 
     def __call__(self, windows: torch.Tensor) -> torch.Tensor:
         x = windows.to(self.device)

@@ -24,6 +24,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import slicer
 
+from UXNetSegmentLib.allocator import child_environment
 from UXNetSegmentLib.catalogue import Label, ModelSpec, get_model, load_spec, resources_dir
 from UXNetSegmentLib.errors import Cancelled, UXNetError
 from UXNetSegmentLib.imageio import terminology as engineTerminology
@@ -38,11 +39,7 @@ from .ResultReader import readEngineSegmentation, readScalarVolume
 MODULE_DIR = Path(__file__).resolve().parent.parent
 """The folder holding ``UXNetSegmentLib``: put on the child's ``PYTHONPATH``."""
 
-CHILD_ENVIRONMENT = {
-    "MALLOC_MMAP_MAX_": "0",  # glibc: keep big tensors on the heap (about 2x faster on CPU)
-    "MALLOC_TRIM_THRESHOLD_": "2147483647",
-    "PYTHONUNBUFFERED": "1",  # progress lines arrive as they are printed
-}
+CHILD_ENVIRONMENT = child_environment()  # the child sets its allocator up itself (UXNetSegmentLib.allocator)
 
 WARNING_STAGE = "warning"  # the engine reports fallbacks as progress events of this stage
 
