@@ -13,6 +13,7 @@ No torch import here: the Slicer module reads :func:`child_environment` without 
 """
 import contextlib
 import ctypes
+import functools
 import os
 import sys
 from typing import Iterator, Optional
@@ -32,7 +33,9 @@ _tuned = False
 _heap_depth = 0
 
 
+@functools.lru_cache(maxsize=None)
 def _libc() -> Optional[ctypes.CDLL]:
+    """glibc, loaded once (``network_heap`` asks for it around every window), or None off Linux."""
     if not sys.platform.startswith("linux"):
         return None
     try:
