@@ -179,8 +179,8 @@ def test_inductor_cache_goes_to_the_engine_cache_folder_unless_one_is_chosen(tmp
 
 
 def test_cpu_build_freezes_the_weights(monkeypatch):
-    """The engine's CPU build goes through TorchInductor's freezing (weights as constants, pre-packed oneDNN
-    convolutions); ``torch.compile(..., options={"freezing": True})`` alone no longer reaches it."""
+    """The engine's CPU build goes through TorchInductor's freezing (weights as constants, weight transforms
+    folded); ``torch.compile(..., options={"freezing": True})`` alone no longer reaches it."""
     import torch._inductor.freezing as freezing
     kept_inputs = []  # per frozen graph: the inputs it still takes (the window alone, once weights are constants)
 
@@ -198,6 +198,34 @@ def test_cpu_build_freezes_the_weights(monkeypatch):
     assert predictor.compiling and kept_inputs == [1], f"weights left as graph inputs: {kept_inputs}"
     with torch.no_grad():
         assert float((out - net(x)).abs().max()) < 1e-4
+
+
+def test_a_new_process_reuses_the_build_on_disk_with_its_own_weights(tmp_path, monkeypatch):
+    """TorchInductor's on-disk cache serves the frozen graph to a later process (here: Dynamo reset, same
+    cache folder), so a warm build skips code generation. Pre-packed oneDNN weights cannot be pickled and
+    made every build miss. The reused graph must run the new network's weights, not the first one's."""
+    from torch._dynamo.utils import counters
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    x = torch.rand(1, 1, 16, 16, 16)
+    outs, stats = [], []
+    for seed in (31, 32):  # the same architecture, other weights
+        torch._dynamo.reset()
+        counters.clear()
+        # Over 8 channels: TorchInductor writes smaller 1-D constants (biases) into the code, keyed by value.
+        net = MiniSegmenter(classes=9, width=10, seed=seed).eval()
+        with torch.no_grad():
+            expected = net(x)
+        predictor = Predictor(net, torch.device("cpu"), compile=True)
+        out = predictor(x)
+        assert predictor.compiling
+        assert float((out - expected).abs().max()) < 1e-4
+        outs.append(out)
+        stats.append({k: counters["inductor"][k] for k in ("fxgraph_cache_miss", "fxgraph_cache_hit",
+                                                            "fxgraph_cache_bypass")})
+    torch._dynamo.reset()
+    assert stats[0]["fxgraph_cache_miss"] > 0 and stats[0]["fxgraph_cache_bypass"] == 0, stats
+    assert stats[1]["fxgraph_cache_hit"] > 0 and stats[1]["fxgraph_cache_miss"] == 0, stats
+    assert float((outs[0] - outs[1]).abs().max()) > 1e-2  # the weights differ, so must the logits
 
 
 def test_compiled_build_releases_the_weights_it_froze_and_reloads_them_for_eager():

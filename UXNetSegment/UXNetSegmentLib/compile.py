@@ -1,7 +1,7 @@
 """Compile the network once per process with TorchInductor, falling back to eager PyTorch.
 
-On the CPU the graph is compiled with weight freezing (constant-folded, pre-packed oneDNN
-convolutions): about 1.4x faster than eager in fp32 with logits equal to ~1e-5. A compiled
+On the CPU the graph is compiled with weight freezing (weights as constants, weight transforms
+constant-folded): about 1.4x faster than eager in fp32 with logits equal to ~1e-5. A compiled
 network is cached per (network object, its weights, device, precision, memory format); each
 new window shape compiles once more (TorchInductor guards on shapes). Set ``UXNET_COMPILE=0``
 to switch compilation off.
@@ -10,9 +10,12 @@ TorchInductor keeps what it builds on disk and reuses it in later processes (a c
 full-size network takes minutes, a warm one about half a minute). Its default folder is under the
 temporary directory, which a reboot empties; the engine moves it to its own cache folder
 (``~/.cache/uxnet-segment/torchinductor``) unless ``TORCHINDUCTOR_CACHE_DIR`` is set already.
+That reuse needs a graph it can pickle, so the build does not pre-pack convolution weights into
+oneDNN's opaque tensors: with them the main graph was generated again in every process (a warm
+build of 62 s instead of 30 s), for no measurable gain per window (BENCHMARKS.md).
 
-Freezing copies the weights into the compiled graph (pre-packed, or Winograd-transformed), so the
-module's own copy is dead weight: 0.2 GB for the official networks. A build asked to ``release``
+Freezing makes the weights constants of the compiled graph (the 3x3x3 ones Winograd-transformed), so
+the module's own copy is dead weight: 0.2 GB for the official networks. A build asked to ``release``
 them lets TorchInductor discard it (its ``freezing_discard_parameters``); the module's parameters
 are then empty placeholders on the ``meta`` device, and only the compiled form can run. Callers
 that can load the weights again (the engine's own runs) ask for it; see ``devices.Predictor``.
@@ -61,15 +64,17 @@ def use_persistent_cache() -> Optional[str]:
 
 
 def frozen_weights(device: torch.device, discard: bool = False):
-    """TorchInductor's freezing switched on while Dynamo traces (on the CPU): the weights become constants,
-    convolutions get oneDNN's pre-packed weights and fused activations, and constant weight transforms are
-    folded. Passing ``options={"freezing": True}`` to ``torch.compile`` alone no longer does it: Dynamo must
-    see the switch to treat the parameters as constants. ``discard``: the module's own weights are dropped
-    once frozen (see the module's docstring)."""
+    """TorchInductor's freezing switched on while Dynamo traces (on the CPU): the weights become constants
+    and constant weight transforms are folded. Passing ``options={"freezing": True}`` to ``torch.compile``
+    alone no longer does it: Dynamo must see the switch to treat the parameters as constants. Convolution
+    weights are not pre-packed: oneDNN's packed tensors cannot be pickled, which kept the graph out of
+    TorchInductor's on-disk cache. ``discard``: the module's own weights are dropped once frozen (see the
+    module's docstring)."""
     if device.type != "cpu":
         return contextlib.nullcontext()
     import torch._inductor.config as inductor_config
-    return inductor_config.patch(freezing=True, freezing_discard_parameters=discard)
+    return inductor_config.patch({"freezing": True, "freezing_discard_parameters": discard,
+                                  "cpp.weight_prepack": False})
 
 
 def weights_released(network: torch.nn.Module) -> bool:

@@ -15,7 +15,7 @@ from .switches import switched_on
 # Networks smaller than this are not compiled unless asked (UXNET_COMPILE=1): compiling takes
 # 10-60 s, which only pays back on official-size models (tens of millions of parameters).
 AUTO_COMPILE_MIN_PARAMS = 5_000_000
-# CPUs whose compiled (frozen, oneDNN-prepacked) UX-Net was measured faster than eager: x1.39 on an
+# CPUs whose compiled (frozen) UX-Net was measured faster than eager: x1.39 on an
 # AVX-512 EPYC. On an AVX2-only EPYC the compiled window was slower (BENCHMARKS.md), so it stays eager.
 AUTO_COMPILE_CPU_CAPABILITIES = ("AVX512",)
 CHANNELS_LAST_SWITCH = "UXNET_CHANNELS_LAST"
