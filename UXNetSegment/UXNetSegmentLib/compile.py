@@ -10,9 +10,12 @@ TorchInductor keeps what it builds on disk and reuses it in later processes (a c
 full-size network takes minutes, a warm one about half a minute). Its default folder is under the
 temporary directory, which a reboot empties; the engine moves it to its own cache folder
 (``~/.cache/uxnet-segment/torchinductor``) unless ``TORCHINDUCTOR_CACHE_DIR`` is set already.
-That reuse needs a graph it can pickle, so the build does not pre-pack convolution weights into
-oneDNN's opaque tensors: with them the main graph was generated again in every process (a warm
-build of 62 s instead of 30 s), for no measurable gain per window (BENCHMARKS.md).
+That reuse needs a graph it can pickle, and oneDNN's pre-packed weight tensors cannot be pickled.
+So the fp32 build does not pre-pack: with them its main graph was generated again in every process
+(a warm build of 60 s instead of 28 s) for no gain per window. Under bf16 autocast pre-packing makes
+each window 7% faster and costs only 5 s of build, so fast mode keeps it (``tools/benchmark_build.py``;
+BENCHMARKS.md). TorchInductor registers its packing passes once per process, at its first frozen build,
+so that build's mode decides for the process (the CLI and the Slicer module's child run one mode each).
 
 Freezing makes the weights constants of the compiled graph (the 3x3x3 ones Winograd-transformed), so
 the module's own copy is dead weight: 0.2 GB for the official networks. A build asked to ``release``
@@ -34,6 +37,9 @@ from .switches import switched_on
 
 ENV_SWITCH = "UXNET_COMPILE"
 INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+# oneDNN pre-packed weights (see the module's docstring). None: in reduced precision only, as measured;
+# ``tools/benchmark_build.py`` forces True or False to measure both sides.
+PREPACK_WEIGHTS: Optional[bool] = None
 # Past this many failed/odd shapes we stop asking Dynamo to recompile and stay eager.
 MAX_SHAPES = 8
 
@@ -63,18 +69,22 @@ def use_persistent_cache() -> Optional[str]:
     return os.environ.get(INDUCTOR_CACHE_ENV)
 
 
-def frozen_weights(device: torch.device, discard: bool = False):
+def prepack_weights(dtype: Optional[torch.dtype]) -> bool:
+    """Whether a frozen CPU build for autocast ``dtype`` (None: fp32) pre-packs weights for oneDNN."""
+    return dtype is not None if PREPACK_WEIGHTS is None else PREPACK_WEIGHTS
+
+
+def frozen_weights(device: torch.device, discard: bool = False, dtype: Optional[torch.dtype] = None):
     """TorchInductor's freezing switched on while Dynamo traces (on the CPU): the weights become constants
     and constant weight transforms are folded. Passing ``options={"freezing": True}`` to ``torch.compile``
-    alone no longer does it: Dynamo must see the switch to treat the parameters as constants. Convolution
-    weights are not pre-packed: oneDNN's packed tensors cannot be pickled, which kept the graph out of
-    TorchInductor's on-disk cache. ``discard``: the module's own weights are dropped once frozen (see the
-    module's docstring)."""
+    alone no longer does it: Dynamo must see the switch to treat the parameters as constants. Weights are
+    pre-packed for oneDNN under bf16 autocast only (:func:`prepack_weights`). ``discard``: the module's own
+    weights are dropped once frozen (see the module's docstring)."""
     if device.type != "cpu":
         return contextlib.nullcontext()
     import torch._inductor.config as inductor_config
     return inductor_config.patch({"freezing": True, "freezing_discard_parameters": discard,
-                                  "cpp.weight_prepack": False})
+                                  "cpp.weight_prepack": prepack_weights(dtype)})
 
 
 def weights_released(network: torch.nn.Module) -> bool:
@@ -112,7 +122,8 @@ def weights_key(network: torch.nn.Module) -> Tuple[int, int]:
 class CompiledNetwork:
     """A compiled forward for one network/device/precision/layout; remembers which shapes are built."""
 
-    def __init__(self, network: torch.nn.Module, device: torch.device, release: bool = False):
+    def __init__(self, network: torch.nn.Module, device: torch.device, release: bool = False,
+                 dtype: Optional[torch.dtype] = None):
         self.network = network
         self.device = device
         self.release = release and device.type == "cpu"
@@ -135,7 +146,7 @@ class CompiledNetwork:
         def forward(x: torch.Tensor) -> torch.Tensor:
             # Every call: a trace Dynamo starts again (a guard failed) freezes too. Only the first build may
             # discard the weights (later traces no longer have them).
-            with frozen_weights(device, discard=self.release and not self.shapes):
+            with frozen_weights(device, discard=self.release and not self.shapes, dtype=dtype):
                 return compiled(x)
 
         self.forward = forward
@@ -184,7 +195,7 @@ def compiled_for(network: torch.nn.Module, device: torch.device, dtype: Optional
         # A stale entry (old weights) would keep the old frozen constants alive: drop it.
         for old in [k for k in per_net if k[:4] == key[:4]]:
             del per_net[old]
-        entry = CompiledNetwork(network, device, release=release and not weights_released(network))
+        entry = CompiledNetwork(network, device, release=release and not weights_released(network), dtype=dtype)
         entry.weights_key = key[4]
         per_net[key] = entry
     return entry
