@@ -89,13 +89,8 @@ def resized_ct(ct: sitk.Image, size) -> sitk.Image:
 
 def make_weights(path: Path, classes: int, arch: dict, seed: int = 0) -> None:
     import torch
-    from UXNetSegmentLib.network import UXNet
-    torch.manual_seed(seed)
-    net = UXNet(1, classes, depths=arch["depths"], feat_size=arch["feat"], hidden_size=arch["hidden"])
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if name.endswith("gamma"):
-                p.uniform_(0.5, 1.5)
+    from random_network import random_uxnet
+    net = random_uxnet(classes, seed, depths=arch["depths"], feat=arch["feat"], hidden=arch["hidden"])
     torch.save(net.state_dict(), str(path))
 
 

@@ -36,21 +36,12 @@ def child(variant: str, windows: int, fast: bool) -> None:
     from UXNetSegmentLib import compile as uxcompile
     from UXNetSegmentLib.allocator import tune_allocator
     from UXNetSegmentLib.devices import Predictor
-    from UXNetSegmentLib.network import UXNet
+    from random_network import random_uxnet
 
     tune_allocator()
     uxcompile.PREPACK_WEIGHTS = variant == "prepacked"
 
-    def make() -> torch.nn.Module:
-        torch.manual_seed(0)
-        net = UXNet(1, 16).eval()
-        with torch.no_grad():
-            for name, param in net.named_parameters():
-                if name.endswith("gamma"):
-                    param.uniform_(0.5, 1.5)
-        return net
-
-    predictor = Predictor(make(), torch.device("cpu"), compile=True, fast=fast, reload=make)
+    predictor = Predictor(random_uxnet(), torch.device("cpu"), compile=True, fast=fast, reload=random_uxnet)
     x = torch.rand(1, 1, 96, 96, 96, generator=torch.Generator().manual_seed(1))
     start = time.perf_counter()
     predictor(x)

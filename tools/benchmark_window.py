@@ -30,7 +30,7 @@ import torch  # noqa: E402
 
 from UXNetSegmentLib.allocator import tune_allocator  # noqa: E402
 from UXNetSegmentLib.devices import Predictor  # noqa: E402
-from UXNetSegmentLib.network import UXNet  # noqa: E402
+from random_network import random_uxnet  # noqa: E402
 
 VARIANTS = {  # name: (channels-last eager allowed, compile, autocast dtype, Winograd)
     "standard": (False, False, None, False),
@@ -70,12 +70,7 @@ def main() -> None:
         p.error(f"unknown variant(s) {unknown}; choose from {','.join(VARIANTS)}")
     tune_allocator()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    net = UXNet(1, args.classes).eval()
-    with torch.no_grad():
-        for name, param in net.named_parameters():
-            if name.endswith("gamma"):
-                param.uniform_(0.5, 1.5)
+    net = random_uxnet(args.classes)
     x = torch.rand(1, 1, 96, 96, 96)
     models = {n: predictor(net, n) for n in names}
     times = {n: [] for n in names}

@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 
+from UXNetSegmentLib import allocator
 from UXNetSegmentLib.allocator import HeapTrimmer, network_heap, release_free_heap, resident_bytes, tune_allocator
 from UXNetSegmentLib.devices import Predictor
 
@@ -19,7 +20,7 @@ def heap_free_bytes() -> int:
     class MallInfo2(ctypes.Structure):
         _fields_ = [(name, ctypes.c_size_t) for name in
                     "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
-    mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    mallinfo2 = allocator._libc().mallinfo2
     mallinfo2.restype = MallInfo2
     return mallinfo2().fordblks
 
