@@ -12,7 +12,8 @@ temporary directory, which a reboot empties; the engine moves it to its own cach
 (``~/.cache/uxnet-segment/torchinductor``) unless ``TORCHINDUCTOR_CACHE_DIR`` is set already.
 That reuse needs a graph it can pickle, and oneDNN's pre-packed weight tensors cannot be pickled.
 So the fp32 build does not pre-pack: with them its main graph was generated again in every process
-(a warm build of 60 s instead of 28 s) for no gain per window. Under bf16 autocast pre-packing makes
+(a warm build of 54-60 s instead of 28 s), and their gain per window (-2 % to +8 %) stays inside
+the machine's run-to-run noise. Under bf16 autocast pre-packing makes
 each window 7% faster and costs only 5 s of build, so fast mode keeps it (``tools/benchmark_build.py``;
 BENCHMARKS.md). TorchInductor registers its packing passes once per process, at its first frozen build,
 so that build's mode decides for the process (the CLI and the Slicer module's child run one mode each).
