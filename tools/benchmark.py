@@ -3,12 +3,15 @@
 
 Every measured run is its own subprocess so that the allocator settings match the product:
 
-* ``plain``  eager PyTorch, glibc's default allocator (no ``MALLOC_*`` variables, no ``mallopt``),
+* ``plain``  eager PyTorch, glibc's default allocator (no ``MALLOC_*`` or ``GLIBC_TUNABLES`` variables, no
+  ``mallopt``),
   MONAI ``sliding_window_inference`` with ``sw_batch_size`` 4 and the full ``Invertd`` —
   :func:`UXNetSegmentLib.reference.reference_segment`;
 * ``exact``  :func:`UXNetSegmentLib.api.segment_image` in fp32 (the default) on the checkpoint file, as
-  the CLI's ``segment`` runs it: MONAI imported without its unused extras, ``tune_allocator()``, and the
-  checkpoint loaded by the engine (so the compiled build releases the module's own weights);
+  the CLI's ``segment`` runs it: started with the environment the Slicer module gives its child
+  (``allocator.child_environment()``: glibc's per-thread cache off), MONAI imported without its unused
+  extras, ``tune_allocator()``, and the checkpoint loaded by the engine (so the compiled build releases
+  the module's own weights);
 * ``fast``   the same with ``fast=True``.
 
 The network is the official full-size 3D UX-Net (feat 48/96/192/384, hidden 768) with random
@@ -22,6 +25,7 @@ Examples::
     python tools/benchmark.py --quick              # smoke test with a small network
     python tools/benchmark.py --memory             # peak RSS only: 256x256x160 @ 0.5 and 512x512x300
     python tools/benchmark.py --warm-cache ...     # the compiled modes' builds cached first (a second run)
+    python tools/benchmark.py --rss-trace ...      # also where in each run the resident set peaked
 """
 import argparse
 import json
@@ -41,7 +45,7 @@ import SimpleITK as sitk  # noqa: E402
 
 OFFICIAL = dict(feat=(48, 96, 192, 384), hidden=768, depths=(2, 2, 2, 2))
 QUICK = dict(feat=(12, 24, 48, 96), hidden=192, depths=(2, 2, 2, 2))
-MALLOC_KEYS = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX", "MALLOC_TOP_PAD_")
+MALLOC_KEYS = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES")
 # performance.md: the dense 3x3x3 convs need at least 2.2 s per 96^3 window at 2 threads on the
 # AVX-512 host it was measured on (520 GFLOP/s). This machine's own floor is measured in --floor.
 REFERENCE_FLOOR_S = 2.2
@@ -160,6 +164,12 @@ def worker(args) -> None:
         def reload():
             return cached_network(args.weights, spec.num_classes, fresh=True)
     result["rss_loaded"] = peak_rss_bytes()
+    trace = None
+    if args.rss_trace:
+        from rss_trace import RssTrace
+        trace = RssTrace()
+        trace.start()
+        trace.mark("loaded")
     windows = []
     if args.worker == "plain":
         from UXNetSegmentLib.reference import reference_segment
@@ -187,6 +197,8 @@ def worker(args) -> None:
 
         def progress(stage, fraction, detail):
             events.append((time.perf_counter(), stage, fraction, detail))
+            if trace is not None:
+                trace.mark(stage, detail)
 
         start = time.perf_counter()
         if args.replay:
@@ -211,6 +223,10 @@ def worker(args) -> None:
             first = [t for t, s, _, _ in events if s == "preprocess"][-1]
             result["per_window"].insert(0, stamps[0] - first)
     result["peak_rss"] = peak_rss_bytes()
+    if trace is not None:
+        trace.mark("end")
+        trace.stop()
+        result["rss_trace"] = trace.marks
     result["windows"] = len(windows) if args.worker == "plain" else len([1 for e in events if e[1] == "inference"])
     if args.labels:
         np.save(args.labels, sitk.GetArrayFromImage(labels))
@@ -276,17 +292,26 @@ def child_env(mode: str) -> dict:
     return env
 
 
-def run_worker(mode: str, work: Path, image: Path, overlap: float, tag: str, replay: int = 0) -> dict:
+def run_worker(mode: str, work: Path, image: Path, overlap: float, tag: str, replay: int = 0,
+               rss_trace: bool = False) -> dict:
     out, labels = work / f"{tag}.json", work / f"{tag}.npy"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", mode, "--image", str(image),
            "--weights", str(work / "weights.pth"), "--spec", str(work / "spec.json"), "--overlap", str(overlap),
-           "--out", str(out), "--labels", str(labels), "--replay", str(replay)]
+           "--out", str(out), "--labels", str(labels), "--replay", str(replay)] + (["--rss-trace"] if rss_trace else [])
     t = time.perf_counter()
     subprocess.run(cmd, env=child_env(mode), check=True)
     result = json.loads(out.read_text())
     result["process_seconds"] = time.perf_counter() - t
     result["labels_file"] = str(labels)
     return result
+
+
+def print_trace(result: dict) -> None:
+    if result.get("rss_trace"):
+        from rss_trace import summarize
+        print("    where the resident set peaked (progress marks around it):")
+        for line in summarize(result["rss_trace"]):
+            print("      " + line, flush=True)
 
 
 def dice_mean(a: np.ndarray, b: np.ndarray) -> float:
@@ -331,11 +356,12 @@ def timed_comparison(args, work: Path) -> dict:
         for mode in order:
             print(f"[{time.strftime('%H:%M:%S')}] repeat {rep + 1}/{args.repeats}: {mode} (load {load_average()})",
                   flush=True)
-            r = run_worker(mode, work, image_path, args.overlap, f"{mode}{rep}")
+            r = run_worker(mode, work, image_path, args.overlap, f"{mode}{rep}", rss_trace=args.rss_trace)
             r["load"] = load_average()
             runs[mode].append(r)
             print(f"    {r['seconds']:.1f} s, {statistics.median(r['per_window']):.2f} s/window, "
                   f"peak RSS {gib(r['peak_rss'])}", flush=True)
+            print_trace(r)
         if not args.no_floor:
             floors.append(run_worker("floor", work, image_path, args.overlap, f"floor{rep}"))
     ref = np.load(runs["plain"][0]["labels_file"]) if "plain" in runs else None
@@ -445,13 +471,15 @@ def memory_runs(args, work: Path) -> dict:
             if args.memory_skip and f"{mode} {tag}" in args.memory_skip.split(","):
                 continue
             print(f"[{time.strftime('%H:%M:%S')}] memory {tag}: {mode} (load {load_average()})", flush=True)
-            r = run_worker(mode, work, image_path, overlap, f"mem_{mode}_{tag}", replay=args.replay)
+            r = run_worker(mode, work, image_path, overlap, f"mem_{mode}_{tag}", replay=args.replay,
+                           rss_trace=args.rss_trace)
             from UXNetSegmentLib.inference import count_windows
             n = count_windows(size, (96, 96, 96), overlap)
             results[f"{mode} {tag} {args.recipe}"] = {"peak_rss": r["peak_rss"], "rss_loaded": r["rss_loaded"],
                                         "windows": n, "real_calls": args.replay, "seconds": r["seconds"]}
             print(f"    peak RSS {gib(r['peak_rss'])} (after loading: {gib(r['rss_loaded'])}), "
                   f"{n} windows, the first {args.replay} network call(s) real", flush=True)
+            print_trace(r)
     return results
 
 
@@ -517,6 +545,8 @@ def main(argv=None) -> None:
     p.add_argument("--replay", type=int, default=1,
                    help="memory runs: network calls that really run (later ones reuse the first output)")
     p.add_argument("--no-floor", action="store_true")
+    p.add_argument("--rss-trace", action="store_true",
+                   help="sample the resident set in each worker and print where it peaked (tools/rss_trace.py)")
     p.add_argument("--warm-cache", action="store_true",
                    help="before the timed runs, build each compiled mode once in a throwaway process, so the timed "
                         "runs find TorchInductor's on-disk cache warm (a user's second run on the machine)")

@@ -152,3 +152,99 @@ def test_the_compiled_build_is_mapped_and_does_not_set_the_trim_baseline(monkeyp
     assert len(calls) == 2
     assert kept[-1] >= 200 * MIB               # a built window: kept on the heap
     release_free_heap()
+
+
+# glibc's per-thread cache ("tcache"), off in engine processes (see allocator's docstring). The probe frees two
+# adjacent 1000-byte blocks and asks for one block of their joint size: without the cache they were merged and
+# it gets their place; with it they wait in the cache, unmerged, and it must go elsewhere.
+THREAD_CACHE_PROBE = r"""
+import ctypes
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+kept = []
+for _ in range(1000):
+    a, b, c = libc.malloc(1000), libc.malloc(1000), libc.malloc(1000)
+    kept += [a, b, c]
+    if b - a == 1008 and c - b == 1008:  # side by side (1000 bytes + header, in 16-byte steps)
+        break
+else:
+    raise SystemExit("no three adjacent blocks")
+libc.free(a)
+libc.free(b)
+print("merged" if libc.malloc(2000) == a else "kept apart")
+"""
+
+
+def probe_thread_cache(extra_env: dict) -> str:
+    import os
+    import subprocess
+    env = {k: v for k, v in os.environ.items() if k != allocator.TUNABLES_ENV}
+    env.update(extra_env)
+    done = subprocess.run([sys.executable, "-c", THREAD_CACHE_PROBE], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+@pytest.mark.skipif(not allocator.glibc(), reason="glibc tunables")
+def test_engine_children_start_without_glibcs_thread_cache():
+    env = allocator.child_environment()
+    assert allocator.NO_THREAD_CACHE in env[allocator.TUNABLES_ENV].split(":")
+    assert probe_thread_cache(env) == "merged"   # glibc took the setting: freed small blocks merge at once
+    assert probe_thread_cache({}) == "kept apart"  # the default, as the probe's control
+
+
+def test_heap_tunables_keep_what_the_user_set():
+    assert allocator.with_heap_tunables(None) == "glibc.malloc.tcache_count=0"
+    assert allocator.with_heap_tunables("glibc.malloc.arena_max=2") == \
+        "glibc.malloc.arena_max=2:glibc.malloc.tcache_count=0"
+    assert allocator.with_heap_tunables("glibc.malloc.tcache_count=3") is None  # the user's own choice stays
+
+
+def test_tune_allocator_keeps_the_setting_from_the_processes_it_starts(monkeypatch):
+    monkeypatch.setenv(allocator.TUNABLES_ENV, "glibc.malloc.arena_max=2:glibc.malloc.tcache_count=0")
+    tune_allocator()
+    import os
+    assert os.environ[allocator.TUNABLES_ENV] == "glibc.malloc.arena_max=2"
+    monkeypatch.setenv(allocator.TUNABLES_ENV, "glibc.malloc.tcache_count=0")
+    tune_allocator()
+    assert allocator.TUNABLES_ENV not in os.environ
+
+
+@pytest.mark.skipif(not allocator.glibc(), reason="glibc tunables")
+def test_segment_command_starts_itself_again_with_the_heap_settings(monkeypatch, tmp_path):
+    from UXNetSegmentLib import cli
+    monkeypatch.delenv(allocator.TUNABLES_ENV, raising=False)
+    argv = ["segment", str(tmp_path / "missing.nrrd"), "-o", str(tmp_path / "out.seg.nrrd")]
+    monkeypatch.setattr(sys, "argv", ["uxnet-segment"] + argv)
+    execs = []
+
+    class Replaced(Exception):
+        pass
+
+    def execve(path, command, env):  # exec would replace the test process; record what it would run
+        execs.append((path, command, env))
+        raise Replaced
+
+    monkeypatch.setattr(cli.os, "execve", execve)
+    with pytest.raises(Replaced):
+        cli.main()
+    path, command, env = execs[0]
+    assert path == sys.executable and command == [sys.executable, "-m", "UXNetSegmentLib"] + argv
+    assert env[allocator.TUNABLES_ENV] == allocator.NO_THREAD_CACHE
+    # Started that way it runs (here: fails on the missing input with its one-line error), without a restart loop.
+    monkeypatch.setenv(allocator.TUNABLES_ENV, env[allocator.TUNABLES_ENV])
+    assert cli.main() == 1 and len(execs) == 1
+    assert cli.main(argv) == 1 and len(execs) == 1  # called from Python: never restarted
+
+
+@pytest.mark.skipif(not allocator.glibc(), reason="glibc tunables")
+def test_restart_command_is_a_working_command_line(monkeypatch, tmp_path):
+    import json
+    import subprocess
+    monkeypatch.delenv(allocator.TUNABLES_ENV, raising=False)
+    monkeypatch.delenv("PYTHONPATH", raising=False)  # the package's own folder is all it adds
+    command, env = allocator.restart_command(["models", "--json"])
+    done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "demo_brain" in [m["name"] for m in json.loads(done.stdout)]

@@ -3,6 +3,7 @@
 Every failure prints one line ``error: ...`` on stderr and exits non-zero; ``--debug`` adds the traceback.
 """
 import argparse
+import os
 import sys
 import traceback
 from typing import List, Optional
@@ -124,8 +125,27 @@ def _failure(exc: BaseException, debug: bool) -> int:
     return code
 
 
+def _restart_with_heap_settings() -> None:
+    """Start ``segment`` again with the glibc settings that are read only at start-up (see
+    ``allocator.restart_command``); returns (and runs with glibc's defaults) where they are set already,
+    where the C library is not glibc, or if the restart fails."""
+    from .allocator import restart_command
+    restart = restart_command(sys.argv[1:])
+    if restart is None:
+        return
+    command, env = restart
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execve(command[0], command, env)
+    except OSError:
+        pass
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is None and args.command == "segment":  # run as a program, not called from Python
+        _restart_with_heap_settings()
     try:
         args.func(args)
         return 0
