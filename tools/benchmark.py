@@ -542,8 +542,9 @@ def main(argv=None) -> None:
                    help="native: no resampling (FeTA-like); resampled: interpolated back (FLARE/AMOS-like)")
     p.add_argument("--memory-sizes", default="", help="comma list, e.g. 256x256x160")
     p.add_argument("--memory-skip", default="", help="comma list of 'MODE SIZE' to skip, e.g. 'plain 512x512x300'")
-    p.add_argument("--replay", type=int, default=1,
-                   help="memory runs: network calls that really run (later ones reuse the first output)")
+    p.add_argument("--replay", type=int, default=4,
+                   help="memory runs: network calls that really run (later ones reuse the first output); the "
+                        "first runs inside the compiled build, so at least 2-3 are needed for the windows' own heap")
     p.add_argument("--no-floor", action="store_true")
     p.add_argument("--rss-trace", action="store_true",
                    help="sample the resident set in each worker and print where it peaked (tools/rss_trace.py)")
