@@ -39,7 +39,9 @@ from .ResultReader import readEngineSegmentation, readScalarVolume
 MODULE_DIR = Path(__file__).resolve().parent.parent
 """The folder holding ``UXNetSegmentLib``: put on the child's ``PYTHONPATH``."""
 
-CHILD_ENVIRONMENT = child_environment()  # the child sets its allocator up itself (UXNetSegmentLib.allocator)
+# The child sets its allocator up itself; what glibc reads only at start-up (its per-thread cache off) comes
+# from here (UXNetSegmentLib.allocator).
+CHILD_ENVIRONMENT = child_environment()
 
 WARNING_STAGE = "warning"  # the engine reports fallbacks as progress events of this stage
 
