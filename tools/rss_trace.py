@@ -4,39 +4,14 @@ A daemon thread reads ``/proc/self/statm`` every few milliseconds (through one o
 allocates next to nothing on the main heap) and keeps the highest value since the last read-out. The
 benchmark's worker calls :meth:`RssTrace.mark` from its progress callback; each mark records the stage,
 its detail, the resident set now and the highest one since the previous mark, and glibc's heap span and
-bytes in use (``mallinfo2``). ``tools/benchmark.py --rss-trace`` prints the marks around the peak.
+bytes in use (``allocator.heap_usage``). ``tools/benchmark.py --rss-trace`` prints the marks around the peak.
 """
-import ctypes
-import functools
 import os
 import threading
 import time
 from typing import List
 
-
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
-                 "keepcost")]
-
-
-@functools.lru_cache(maxsize=None)
-def _mallinfo2():
-    try:
-        fn = ctypes.CDLL("libc.so.6").mallinfo2
-    except (OSError, AttributeError):
-        return None
-    fn.restype = _MallInfo2
-    return fn
-
-
-def heap_stats():
-    """(main heap span, bytes in use on it, bytes in mappings of their own) from glibc, or Nones."""
-    fn = _mallinfo2()
-    if fn is None:
-        return None, None, None
-    m = fn()
-    return m.arena, m.uordblks, m.hblkhd
+from UXNetSegmentLib.allocator import heap_usage
 
 
 class RssTrace(threading.Thread):
@@ -63,7 +38,8 @@ class RssTrace(threading.Thread):
     def mark(self, stage: str, detail: str = "") -> None:
         now = self.now()
         high, self.high = max(self.high, now), now
-        arena, used, mapped = heap_stats()
+        heap = heap_usage()
+        arena, used, mapped = (heap.span, heap.in_use, heap.mapped) if heap else (None, None, None)
         self.marks.append({"t": round(time.perf_counter() - self.t0, 3), "stage": stage, "detail": detail,
                            "rss": now, "high_since_last": high, "heap_span": arena, "heap_used": used,
                            "mapped": mapped})

@@ -1,6 +1,8 @@
 """The tuned glibc allocator: a window's large tensors stay on the heap, everything else is mapped and given back,
 and the heap is trimmed when it grows over windows."""
-import ctypes
+import json
+import os
+import subprocess
 import sys
 
 import pytest
@@ -16,13 +18,8 @@ MIB = 1 << 20
 
 
 def heap_free_bytes() -> int:
-    """Free bytes inside glibc's main heap (``mallinfo2().fordblks``)."""
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [(name, ctypes.c_size_t) for name in
-                    "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
-    mallinfo2 = allocator._libc().mallinfo2
-    mallinfo2.restype = MallInfo2
-    return mallinfo2().fordblks
+    """Free bytes inside glibc's heap (``mallinfo2().fordblks``)."""
+    return allocator.heap_usage().free
 
 
 def grow_heap(mib: int = 512) -> int:
@@ -177,8 +174,6 @@ print("merged" if libc.malloc(2000) == a else "kept apart")
 
 
 def probe_thread_cache(extra_env: dict) -> str:
-    import os
-    import subprocess
     env = {k: v for k, v in os.environ.items() if k != allocator.TUNABLES_ENV}
     env.update(extra_env)
     done = subprocess.run([sys.executable, "-c", THREAD_CACHE_PROBE], env=env, capture_output=True, text=True)
@@ -204,7 +199,6 @@ def test_heap_tunables_keep_what_the_user_set():
 def test_tune_allocator_keeps_the_setting_from_the_processes_it_starts(monkeypatch):
     monkeypatch.setenv(allocator.TUNABLES_ENV, "glibc.malloc.arena_max=2:glibc.malloc.tcache_count=0")
     tune_allocator()
-    import os
     assert os.environ[allocator.TUNABLES_ENV] == "glibc.malloc.arena_max=2"
     monkeypatch.setenv(allocator.TUNABLES_ENV, "glibc.malloc.tcache_count=0")
     tune_allocator()
@@ -240,8 +234,6 @@ def test_segment_command_starts_itself_again_with_the_heap_settings(monkeypatch,
 
 @pytest.mark.skipif(not allocator.glibc(), reason="glibc tunables")
 def test_restart_command_is_a_working_command_line(monkeypatch, tmp_path):
-    import json
-    import subprocess
     monkeypatch.delenv(allocator.TUNABLES_ENV, raising=False)
     monkeypatch.delenv("PYTHONPATH", raising=False)  # the package's own folder is all it adds
     command, env = allocator.restart_command(["models", "--json"])

@@ -26,7 +26,7 @@ import functools
 import os
 import sys
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 from .switches import switched_on
 
@@ -117,6 +117,29 @@ def network_heap() -> Iterator[None]:
             libc.mallopt(M_MMAP_MAX, MAPPINGS_MAX)
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+
+
+class HeapUsage(NamedTuple):
+    span: int      # bytes glibc's heaps hold from the system (all arenas)
+    in_use: int    # of those, in blocks handed out
+    free: int      # of those, free
+    mapped: int    # bytes in blocks with mappings of their own
+
+
+def heap_usage() -> Optional[HeapUsage]:
+    """glibc's own account of the heap (``mallinfo2``, glibc 2.33+), or None where unavailable."""
+    libc = _libc()
+    fn = getattr(libc, "mallinfo2", None) if libc is not None else None
+    if fn is None:
+        return None
+    fn.restype = _MallInfo2
+    m = fn()
+    return HeapUsage(m.arena, m.uordblks, m.fordblks, m.hblkhd)
+
+
 def resident_bytes() -> Optional[int]:
     """This process's resident set now (Linux ``/proc/self/statm``), or None where unknown."""
     try:
@@ -132,10 +155,15 @@ def release_free_heap() -> bool:
     return bool(libc.malloc_trim(0)) if libc is not None else False
 
 
+def _tunables_to_start_with() -> Optional[str]:
+    """``GLIBC_TUNABLES`` for a new engine process, or None where this process's value will do (or not glibc)."""
+    return with_heap_tunables(os.environ.get(TUNABLES_ENV)) if glibc() else None
+
+
 def child_environment() -> dict:
     """Environment variables for a child process that runs the engine (it tunes its allocator itself)."""
     env = {"PYTHONUNBUFFERED": "1"}  # progress lines arrive as they are printed
-    tunables = with_heap_tunables(os.environ.get(TUNABLES_ENV)) if glibc() else None
+    tunables = _tunables_to_start_with()
     if tunables is not None:
         env[TUNABLES_ENV] = tunables
     return env
@@ -145,7 +173,7 @@ def restart_command(args: List[str]) -> Optional[Tuple[List[str], Dict[str, str]
     """For the CLI: the command line and environment that run ``python -m UXNetSegmentLib *args`` again with
     the heap settings that glibc reads at start-up, or None where this process has them already, or
     where the C library is not glibc."""
-    tunables = with_heap_tunables(os.environ.get(TUNABLES_ENV)) if glibc() else None
+    tunables = _tunables_to_start_with()
     if tunables is None:
         return None
     env = dict(os.environ)
