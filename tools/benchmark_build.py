@@ -1,16 +1,17 @@
 #!/usr/bin/env python
-"""Warm compile time and window time of the full-size UX-Net, with and without oneDNN weight pre-packing.
+"""Warm compile time and window time of the full-size UX-Net, with and without TorchInductor's weight freezing.
 
 Each run is a fresh process (as each Segment click is): it builds the compiled network, timing the
 first call (the build, with TorchInductor's on-disk cache already filled), then times a few 96^3
 windows. One warm-up process per variant fills the cache first; then the variants alternate, the
-order reversed on odd rounds. Prints medians and the ratios ``prepacked / unpacked``.
+order reversed on odd rounds. Prints medians and the ratios ``frozen / unfrozen``.
 
-* ``unpacked``   ``compile.PREPACK_WEIGHTS = False``: the frozen graph can go to the on-disk cache;
-* ``prepacked``  ``compile.PREPACK_WEIGHTS = True``: oneDNN's pre-packed weights (TorchInductor's
-  default under freezing); a graph holding them is generated again in every process.
+* ``unfrozen``  ``compile.FREEZE_WEIGHTS = False``: the weights are inputs of the graph, and TorchInductor's
+  disk caches serve both the traced graph (AOTAutograd's cache) and its generated code;
+* ``frozen``    ``compile.FREEZE_WEIGHTS = True``: weights as constants, pre-packed for oneDNN
+  (TorchInductor's default under freezing); such a graph is traced and generated again in every process.
 
-The engine's own choice (``compile.prepack_weights``) is unpacked in fp32 and prepacked under bf16.
+The engine's own choice (``compile.freezes``) is unfrozen in fp32 and frozen under bf16.
 
     python tools/benchmark_build.py [--rounds 2] [--windows 3] [--fast]
 """
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("unpacked", "prepacked")
+VARIANTS = ("unfrozen", "frozen")
 
 
 def child(variant: str, windows: int, fast: bool) -> None:
@@ -39,7 +40,7 @@ def child(variant: str, windows: int, fast: bool) -> None:
     from random_network import random_uxnet
 
     tune_allocator()
-    uxcompile.PREPACK_WEIGHTS = variant == "prepacked"
+    uxcompile.FREEZE_WEIGHTS = variant == "frozen"
 
     predictor = Predictor(random_uxnet(), torch.device("cpu"), compile=True, fast=fast, reload=random_uxnet)
     x = torch.rand(1, 1, 96, 96, 96, generator=torch.Generator().manual_seed(1))
@@ -52,6 +53,7 @@ def child(variant: str, windows: int, fast: bool) -> None:
         predictor(x)
         times.append(time.perf_counter() - start)
     stats = {k: v for k, v in counters["inductor"].items() if k.startswith("fxgraph_cache")}
+    stats.update({k: v for k, v in counters["aot_autograd"].items() if k.startswith("autograd_cache")})
     print(json.dumps({"build": build, "windows": times, "cache": stats,
                       "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}))
 
@@ -74,8 +76,8 @@ def main() -> None:
         return
     sys.path.insert(0, str(ROOT / "UXNetSegment"))
     import torch
-    from UXNetSegmentLib.compile import prepack_weights
-    engine = "prepacked" if prepack_weights(torch.bfloat16 if args.fast else None) else "unpacked"
+    from UXNetSegmentLib.compile import freezes
+    engine = "frozen" if freezes(torch.device("cpu"), torch.bfloat16 if args.fast else None) else "unfrozen"
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()}, {'bf16 (fast)' if args.fast else 'fp32 (exact)'}; "
           f"the engine's choice: {engine}")
     results = {v: [] for v in VARIANTS}
@@ -94,8 +96,8 @@ def main() -> None:
                "peak": statistics.median(r["peak_gib"] for r in results[v])} for v in VARIANTS}
     for v in VARIANTS:
         print(f"{v:10s} build {med[v]['build']:6.1f} s  window {med[v]['window']:5.2f} s  peak {med[v]['peak']:.2f} GiB")
-    e, q = med["unpacked"], med["prepacked"]
-    print(f"prepacked / unpacked: build x{q['build'] / e['build']:.2f}, window x{q['window'] / e['window']:.3f}, "
+    e, q = med["unfrozen"], med["frozen"]
+    print(f"frozen / unfrozen: build x{q['build'] / e['build']:.2f}, window x{q['window'] / e['window']:.3f}, "
           f"peak x{q['peak'] / e['peak']:.2f}")
 
 

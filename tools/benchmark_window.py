@@ -5,9 +5,9 @@ Variants (each its own copy of the same weights: random, layer-scale gammas ~ U(
 
 * ``standard``       eager PyTorch, NCDHW fp32 (``UXNET_CHANNELS_LAST=0``, no compile);
 * ``channels-last``  the eager channels-last exact path (``cpu_layout.py``);
-* ``compiled``       TorchInductor with freezing, fp32, Winograd 3x3x3 convs (exact mode on AVX-512 CPUs);
+* ``compiled``       TorchInductor, fp32, Winograd 3x3x3 convs (exact mode on AVX-512 CPUs);
 * ``compiled-direct`` the same with direct 3x3x3 convs (``UXNET_WINOGRAD=0``);
-* ``compiled-bf16``  the same under bf16 autocast (fast mode on CPUs with AVX512-BF16 or AMX);
+* ``compiled-bf16``  the same under bf16 autocast, weights frozen (fast mode on CPUs with AVX512-BF16 or AMX);
 * ``eager-bf16``     eager bf16 autocast, no compile.
 
 All run with the engine's allocator tuning. Each round runs every variant once, the order reversed

@@ -50,7 +50,8 @@ def test_winograd_module_keeps_conv3d_outside_the_compiler_and_where_it_does_not
 
 
 def test_compiled_winograd_module_matches_the_convolution(monkeypatch):
-    """Traced by TorchInductor (with freezing, as the engine compiles), the module takes Winograd's route."""
+    """Traced by TorchInductor (as the engine compiles exact mode: weights are graph inputs, so the weight
+    transform runs in the graph), the module takes Winograd's route."""
     torch.manual_seed(3)
     conv = W.use_winograd(torch.nn.Conv3d(16, 8, 3, padding=1).eval())
     x = torch.randn(1, 16, 16, 16, 16)
@@ -59,7 +60,7 @@ def test_compiled_winograd_module_matches_the_convolution(monkeypatch):
     monkeypatch.setattr(W, "winograd_conv3d", lambda *args: calls.append(1) or real(*args))
     with torch.no_grad():
         want = F.conv3d(x.double(), conv.weight.double(), conv.bias.double(), padding=1)
-        got = torch.compile(conv, dynamic=False, options={"freezing": True})(x)
+        got = torch.compile(conv, dynamic=False)(x)
     torch._dynamo.reset()
     assert calls, "the compiled module did not take the Winograd route"
     assert float((got.double() - want).abs().max()) < 2e-4 * float(want.abs().max())
@@ -102,7 +103,7 @@ def test_slabs_make_the_same_convolution(shape, rows, bias, monkeypatch):
 
 
 def test_compiled_network_sends_large_layers_through_the_slab_operator(monkeypatch):
-    """Past ``MAX_TRANSFORMED_BYTES`` the traced module calls the slab operator (one opaque node in the frozen
+    """Past ``MAX_TRANSFORMED_BYTES`` the traced module calls the slab operator (one opaque node in the
     graph); the result is the convolution's."""
     torch.manual_seed(5)
     net = W.use_winograd(torch.nn.Sequential(torch.nn.Conv3d(16, 16, 3, padding=1), torch.nn.ReLU(),
@@ -116,7 +117,7 @@ def test_compiled_network_sends_large_layers_through_the_slab_operator(monkeypat
     with torch.no_grad():
         want = net.double()(x.double())
         net.float()
-        got = torch.compile(net, dynamic=False, options={"freezing": True})(x)
+        got = torch.compile(net, dynamic=False)(x)
     torch._dynamo.reset()
     assert calls == [(1, 16, 16, 12, 12)] * 2, "the compiled network did not run both convolutions in slabs"
     assert float((got.double() - want).abs().max()) < 2e-4 * float(want.abs().max())

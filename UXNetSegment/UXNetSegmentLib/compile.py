@@ -1,28 +1,28 @@
 """Compile the network once per process with TorchInductor, falling back to eager PyTorch.
 
-On the CPU the graph is compiled with weight freezing (weights as constants, weight transforms
-constant-folded): about 1.4x faster than eager in fp32 with logits equal to ~1e-5. A compiled
-network is cached per (network object, its weights, device, precision, memory format); each
-new window shape compiles once more (TorchInductor guards on shapes). Set ``UXNET_COMPILE=0``
-to switch compilation off.
+A compiled network is cached per (network object, its weights, device, precision, memory format); each
+new window shape compiles once more (TorchInductor guards on shapes). Set ``UXNET_COMPILE=0`` to switch
+compilation off.
 
 TorchInductor keeps what it builds on disk and reuses it in later processes (a cold build of the
-full-size network takes minutes, a warm one about half a minute). Its default folder is under the
+full-size network takes a minute or more, a warm one 7-17 s). Its default folder is under the
 temporary directory, which a reboot empties; the engine moves it to its own cache folder
 (``~/.cache/uxnet-segment/torchinductor``) unless ``TORCHINDUCTOR_CACHE_DIR`` is set already.
-That reuse needs a graph it can pickle, and oneDNN's pre-packed weight tensors cannot be pickled.
-So the fp32 build does not pre-pack: with them its main graph was generated again in every process
-(a warm build of 54-60 s instead of 28 s), and their gain per window (-2 % to +8 %) stays inside
-the machine's run-to-run noise. Under bf16 autocast pre-packing makes
-each window 7% faster and costs only 5 s of build, so fast mode keeps it (``tools/benchmark_build.py``;
-BENCHMARKS.md). TorchInductor registers its packing passes once per process, at its first frozen build,
-so that build's mode decides for the process (the CLI and the Slicer module's child run one mode each).
 
-Freezing makes the weights constants of the compiled graph (the 3x3x3 ones Winograd-transformed), so
-the module's own copy is dead weight: 0.2 GB for the official networks. A build asked to ``release``
-them lets TorchInductor discard it (its ``freezing_discard_parameters``); the module's parameters
-are then empty placeholders on the ``meta`` device, and only the compiled form can run. Callers
-that can load the weights again (the engine's own runs) ask for it; see ``devices.Predictor``.
+Exact mode (fp32) takes the weights as inputs of the compiled graph. TorchInductor's weight freezing
+(weights as constants, weight transforms folded) gave bit-identical logits and windows no faster, but
+its graphs bypass the disk cache of the traced and partitioned graph (AOTAutograd's), so every process
+traced them again: a warm build of 27 s instead of 17 s (``tools/benchmark_build.py``; BENCHMARKS.md).
+The Winograd weight transforms are then computed in each window, a few milliseconds.
+
+Fast mode (bf16 autocast) freezes: oneDNN's pre-packed weights, which only a frozen graph can have, make
+each window 6-7 % faster for 5-10 s more build. TorchInductor registers its packing passes once per
+process, at its first frozen build. Pre-packed tensors cannot be pickled, so that graph is generated
+again in each process. A frozen graph keeps its own copy of the weights, so the module's own is dead weight
+(0.2 GB for the official networks): a build asked to ``release`` it lets TorchInductor discard it (its
+``freezing_discard_parameters``); the module's parameters are then empty placeholders on the ``meta``
+device, and only the compiled form can run. Callers that can load the weights again (the engine's own
+runs) ask for it; see ``devices.Predictor``.
 """
 import contextlib
 import os
@@ -38,9 +38,9 @@ from .switches import switched_on
 
 ENV_SWITCH = "UXNET_COMPILE"
 INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
-# oneDNN pre-packed weights (see the module's docstring). None: in reduced precision only, as measured;
-# ``tools/benchmark_build.py`` forces True or False to measure both sides.
-PREPACK_WEIGHTS: Optional[bool] = None
+# Frozen weights, and with them oneDNN's pre-packed ones (see the module's docstring). None: in reduced
+# precision only, as measured; ``tools/benchmark_build.py`` forces True or False to measure both sides.
+FREEZE_WEIGHTS: Optional[bool] = None
 # Past this many failed/odd shapes we stop asking Dynamo to recompile and stay eager.
 MAX_SHAPES = 8
 
@@ -70,22 +70,23 @@ def use_persistent_cache() -> Optional[str]:
     return os.environ.get(INDUCTOR_CACHE_ENV)
 
 
-def prepack_weights(dtype: Optional[torch.dtype]) -> bool:
-    """Whether a frozen CPU build for autocast ``dtype`` (None: fp32) pre-packs weights for oneDNN."""
-    return dtype is not None if PREPACK_WEIGHTS is None else PREPACK_WEIGHTS
-
-
-def frozen_weights(device: torch.device, discard: bool = False, dtype: Optional[torch.dtype] = None):
-    """TorchInductor's freezing switched on while Dynamo traces (on the CPU): the weights become constants
-    and constant weight transforms are folded. Passing ``options={"freezing": True}`` to ``torch.compile``
-    alone no longer does it: Dynamo must see the switch to treat the parameters as constants. Weights are
-    pre-packed for oneDNN under bf16 autocast only (:func:`prepack_weights`). ``discard``: the module's own
-    weights are dropped once frozen (see the module's docstring)."""
+def freezes(device: torch.device, dtype: Optional[torch.dtype]) -> bool:
+    """Whether a build for ``device`` and autocast ``dtype`` (None: fp32) freezes its weights: on the CPU, in
+    reduced precision (:data:`FREEZE_WEIGHTS` overrides)."""
     if device.type != "cpu":
-        return contextlib.nullcontext()
+        return False
+    return dtype is not None if FREEZE_WEIGHTS is None else FREEZE_WEIGHTS
+
+
+def frozen_weights(discard: bool = False):
+    """TorchInductor's freezing switched on while Dynamo traces: the weights become constants, constant
+    weight transforms are folded, and convolution weights are pre-packed for oneDNN. Passing
+    ``options={"freezing": True}`` to ``torch.compile`` alone no longer does it: Dynamo must see the switch
+    to treat the parameters as constants. ``discard``: the module's own weights are dropped once frozen (see
+    the module's docstring)."""
     import torch._inductor.config as inductor_config
     return inductor_config.patch({"freezing": True, "freezing_discard_parameters": discard,
-                                  "cpp.weight_prepack": prepack_weights(dtype)})
+                                  "cpp.weight_prepack": True})
 
 
 def weights_released(network: torch.nn.Module) -> bool:
@@ -127,7 +128,8 @@ class CompiledNetwork:
                  dtype: Optional[torch.dtype] = None):
         self.network = network
         self.device = device
-        self.release = release and device.type == "cpu"
+        self.freezes = freezes(device, dtype)
+        self.release = release and self.freezes
         self.weights_key: Tuple[int, int] = (0, 0)
         self.forward: Optional[Callable] = None
         self.shapes: Set[Tuple[int, ...]] = set()
@@ -137,20 +139,20 @@ class CompiledNetwork:
         if reason is not None:
             self.failed = reason
             return
-        options = {"freezing": True} if device.type == "cpu" else {}
+        options = {"freezing": True} if self.freezes else {}
         try:
             compiled = torch.compile(network, dynamic=False, options=options)
         except Exception as exc:  # the compiler can refuse the module outright
             self.failed = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
             return
 
-        def forward(x: torch.Tensor) -> torch.Tensor:
+        def frozen_forward(x: torch.Tensor) -> torch.Tensor:
             # Every call: a trace Dynamo starts again (a guard failed) freezes too. Only the first build may
             # discard the weights (later traces no longer have them).
-            with frozen_weights(device, discard=self.release and not self.shapes, dtype=dtype):
+            with frozen_weights(discard=self.release and not self.shapes):
                 return compiled(x)
 
-        self.forward = forward
+        self.forward = frozen_forward if self.freezes else compiled
 
     def is_built(self, shape: Tuple[int, ...]) -> bool:
         return tuple(shape) in self.shapes

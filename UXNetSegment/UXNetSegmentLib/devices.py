@@ -109,9 +109,9 @@ class Predictor:
     ``compile`` (None: automatic, see :func:`want_compile`) runs the network through TorchInductor,
     built once per process per network, precision and window shape; the build is reported as the
     ``compile`` progress stage, and any compiler failure falls back to eager with a warning.
-    ``reload`` (a function giving the same network, freshly loaded) lets the CPU build release the
-    module's own weights (0.2 GB for the official networks; the compiled graph keeps its frozen copy),
-    and is called if eager PyTorch is needed afterwards.
+    ``reload`` (a function giving the same network, freshly loaded) lets a frozen CPU build (fast mode's)
+    release the module's own weights (0.2 GB for the official networks; the compiled graph keeps its frozen
+    copy), and is called if eager PyTorch is needed afterwards.
     """
 
     def __init__(self, network: torch.nn.Module, device: torch.device, fast: bool = False, tta: bool = False,

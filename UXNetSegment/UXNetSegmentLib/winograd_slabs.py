@@ -9,7 +9,7 @@ graph instead made TorchInductor build for ten minutes.
 
 The network's compiled graph sees the whole layer as one opaque operator, ``uxnet::winograd_conv3d_slabs``
 (a ``torch.library`` custom op with a shape-only "fake" form for tracing), which takes the input, the
-transformed weights (constant-folded by freezing, like the whole-layer form's) and the bias, and returns
+transformed weights (computed in the graph, like the whole-layer form's) and the bias, and returns
 the output in the standard layout. The operator takes its input in whatever layout the graph has it (the
 96-channel concatenation is channels-last there, for the matrix product of its 1x1x1 shortcut).
 """
@@ -72,9 +72,9 @@ def conv3d_slabs(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor],
     out = torch.empty((n, u.shape[-1], d, h, w), dtype=x.dtype, device=x.device)
     with torch.inference_mode():
         # The kernel's inputs are always inference tensors made here: Dynamo would build it again for each
-        # new kind of tensor (the first call gets the weights' transform computed in the graph, later ones
-        # the frozen constant), shape or strides. Every slab's planes are copied into one buffer; planes
-        # beyond the volume are zeros.
+        # new kind of tensor (under freezing the first call gets the weights' transform computed in the
+        # graph, later ones the frozen constant), shape or strides. Every slab's planes are copied into one
+        # buffer; planes beyond the volume are zeros.
         u = u.clone()
         bias = None if bias is None else bias.clone()
         piece = torch.empty((n, c, planes + 2, h, w), dtype=x.dtype, device=x.device, memory_format=layout)
