@@ -151,6 +151,39 @@ def test_the_compiled_build_is_mapped_and_does_not_set_the_trim_baseline(monkeyp
     release_free_heap()
 
 
+def test_winograd_slabs_stay_on_the_heap_even_in_the_build():
+    """The slab operator also runs inside the compiled build, which is outside ``network_heap``; its slabs' large
+    blocks stay on the heap there too (mapped afresh for every slab, they made the full-size build 6 s longer).
+    Control: the same block outside the operator gets its own mapping."""
+    from torch.nn import functional as F
+    from UXNetSegmentLib import winograd as W
+    from UXNetSegmentLib import winograd_slabs as S
+    assert tune_allocator()
+    release_free_heap()
+
+    def mapped_by_a_block_larger_than_the_free_heap() -> int:
+        before = allocator.heap_usage().mapped
+        block = torch.ones((heap_free_bytes() + 64 * MIB) // 4)
+        grew = allocator.heap_usage().mapped - before
+        del block
+        return grew
+
+    grown = []
+
+    def kernel(*args):
+        grown.append(mapped_by_a_block_larger_than_the_free_heap())
+        return S._slab(*args)
+
+    torch.manual_seed(6)
+    x, w = torch.randn(1, 4, 9, 8, 8), torch.randn(3, 4, 3, 3, 3)
+    got = S.conv3d_slabs(x, W.transform_weight(w), None, kernel=kernel)
+    want = F.conv3d(x, w, padding=1)
+    assert float((got - want).abs().max()) < 2e-4 * float(want.abs().max())
+    assert grown and max(grown) < MIB, grown
+    assert mapped_by_a_block_larger_than_the_free_heap() >= 64 * MIB
+    release_free_heap()
+
+
 # glibc's per-thread cache ("tcache"), off in engine processes (see allocator's docstring). The probe frees two
 # adjacent 1000-byte blocks and asks for one block of their joint size: without the cache they were merged and
 # it gets their place; with it they wait in the cache, unmerged, and it must go elsewhere.
