@@ -5,14 +5,15 @@ new window shape compiles once more (TorchInductor guards on shapes). Set ``UXNE
 compilation off.
 
 TorchInductor keeps what it builds on disk and reuses it in later processes (a cold build of the
-full-size network takes a minute or more, a warm one 7-17 s). Its default folder is under the
+full-size network takes a minute or more, a warm one 12-17 s). Its default folder is under the
 temporary directory, which a reboot empties; the engine moves it to its own cache folder
 (``~/.cache/uxnet-segment/torchinductor``) unless ``TORCHINDUCTOR_CACHE_DIR`` is set already.
 
 Exact mode (fp32) takes the weights as inputs of the compiled graph. TorchInductor's weight freezing
 (weights as constants, weight transforms folded) gave bit-identical logits and windows no faster, but
 its graphs bypass the disk cache of the traced and partitioned graph (AOTAutograd's), so every process
-traced them again: a warm build of 27 s instead of 17 s (``tools/benchmark_build.py``; BENCHMARKS.md).
+traced them again: a warm build of 27 s instead of 17 s (12 s since the Winograd slabs stay on the heap;
+``tools/benchmark_build.py``; BENCHMARKS.md).
 The Winograd weight transforms are then computed in each window, a few milliseconds.
 
 Fast mode (bf16 autocast) freezes: oneDNN's pre-packed weights, which only a frozen graph can have, make
