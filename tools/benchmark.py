@@ -10,8 +10,8 @@ Every measured run is its own subprocess so that the allocator settings match th
 * ``exact``  :func:`UXNetSegmentLib.api.segment_image` in fp32 (the default) on the checkpoint file, as
   the CLI's ``segment`` runs it: started with the environment the Slicer module gives its child
   (``allocator.child_environment()``: glibc's per-thread cache off), MONAI imported without its unused
-  extras, ``tune_allocator()``, and the checkpoint loaded by the engine (so the compiled build releases
-  the module's own weights);
+  extras, ``tune_allocator()``, and the checkpoint loaded by the engine (so fast mode's frozen build
+  releases the module's own weights);
 * ``fast``   the same with ``fast=True``.
 
 The network is the official full-size 3D UX-Net (feat 48/96/192/384, hidden 768) with random

@@ -46,6 +46,8 @@ class RssTrace(threading.Thread):
 
     def stop(self) -> None:
         self.stopped = True
+        self.join()
+        os.close(self.fd)
 
 
 def summarize(marks: List[dict], around: int = 3) -> List[str]:

@@ -10,12 +10,11 @@ temporary directory, which a reboot empties; the engine moves it to its own cach
 (``~/.cache/uxnet-segment/torchinductor``) unless ``TORCHINDUCTOR_CACHE_DIR`` is set already.
 
 Exact mode (fp32) takes the weights as inputs of the compiled graph. TorchInductor's weight freezing
-(weights as constants, weight transforms folded) gave bit-identical logits, but
-its graphs bypass the disk cache of the traced and partitioned graph (AOTAutograd's), so every process
-traced them again: a warm build of 27 s instead of 17 s (12 s since the Winograd slabs stay on the heap;
-``tools/benchmark_build.py``; BENCHMARKS.md).
-The Winograd weight transforms are then computed in each window: about 0.17 s, so the unfrozen build wins
-up to about 100 windows and loses about 3.5 % on a 600-window volume (BENCHMARKS.md, section 000).
+(weights as constants, weight transforms folded) gave bit-identical logits, but a frozen graph bypasses
+the disk cache of the traced and partitioned graph (AOTAutograd's), so every process traced it again: a
+warm build of 27 s instead of 12 s (``tools/benchmark_build.py``; BENCHMARKS.md, section 000). The price:
+the Winograd weight transforms are computed in each window, about 0.17 s, so the unfrozen build wins up
+to about 100 windows and loses about 3.5 % on a 600-window volume.
 
 Fast mode (bf16 autocast) freezes: oneDNN's pre-packed weights, which only a frozen graph can have, make
 each window 6-7 % faster for 5-10 s more build. TorchInductor registers its packing passes once per
@@ -26,7 +25,6 @@ again in each process. A frozen graph keeps its own copy of the weights, so the 
 device, and only the compiled form can run. Callers that can load the weights again (the engine's own
 runs) ask for it; see ``devices.Predictor``.
 """
-import contextlib
 import os
 import sys
 import time

@@ -73,15 +73,14 @@ def conv3d_slabs(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor],
     out = torch.empty((n, u.shape[-1], d, h, w), dtype=x.dtype, device=x.device)
     with torch.inference_mode():
         # The kernel's inputs are always inference tensors made here: Dynamo would build it again for each
-        # new kind of tensor (under freezing the first call gets the weights' transform computed in the
-        # graph, later ones the frozen constant), shape or strides. Every slab's planes are copied into one
-        # buffer; planes beyond the volume are zeros.
+        # new kind of tensor, shape or strides. Every slab's planes are copied into one buffer; planes beyond
+        # the volume are zeros.
         u = u.clone()
         bias = None if bias is None else bias.clone()
         piece = torch.empty((n, c, planes + 2, h, w), dtype=x.dtype, device=x.device, memory_format=layout)
         # The slabs' blocks (24-96 MiB, freed after each slab) stay on the heap even during the compiled
         # build, which runs outside ``network_heap``: there each slab's blocks got fresh mappings, page-faulted
-        # in again 120 times per window, and the build took 6 s longer (17 -> 11-12 s, tools/benchmark_build.py).
+        # in again 120 times per window, and the build took 6 s longer (17 -> 12 s, tools/benchmark_build.py).
         with network_heap():
             _run_slabs(run, x, u, bias, piece, out, tiles, planes)
     return out
